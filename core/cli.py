@@ -1,0 +1,57 @@
+"""The ``digitmatch`` command. Each subcommand lives in the module of its concern and exposes
+``configure(parser)`` and ``run(args) -> int``; modules are imported only when their subcommand runs
+(or its help is asked for), so ``digitmatch --help`` does not load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("digitmatch.demo", "embedded broker + matcher + producer on the shipped model; prints a summary"),
+    "train": ("digitmatch.model.training", "train the two-branch model and export a versioned SavedModel"),
+    "evaluate": ("digitmatch.model.evaluation", "evaluate a SavedModel on held-out pairs"),
+    "inspect": ("digitmatch.model.metadata", "print a SavedModel's metadata and serving signature"),
+    "produce": ("digitmatch.producer.load", "publish spoken/written halves of pairs to Kafka"),
+    "serve": ("digitmatch.consumer.matcher", "run the matcher: join halves, micro-batch, publish verdicts"),
+    "broker": ("digitmatch.broker", "run the embedded Kafka-protocol broker (Tansu) with the topics"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digitmatch",
+        description="Decide whether a spoken digit and a handwritten digit are the same number.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if only == name:
+            importlib.import_module(module_name).configure(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Only the chosen subcommand's module is imported to configure its parser.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(only=chosen).parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Loading and calling an exported SavedModel: the one code path used by ``evaluate``, the matcher
+and the benchmarks.
+
+Layout (TF Serving's): ``<root>/<version>/`` with ``saved_model.pb``, ``variables/`` and
+``metadata.json``. :func:`resolve` accepts either the root (serves its highest version) or one
+version directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitmatch.features import FeatureParams, pad_batch
+
+SIGNATURE = "serving_default"
+METADATA_FILE = "metadata.json"
+DEFAULT_MODEL_ROOT = Path(__file__).resolve().parent / "savedmodels" / "digitmatch"
+
+
+class ModelError(RuntimeError):
+    """A model directory that cannot be served (missing, malformed, wrong signature)."""
+
+
+def is_version_dir(path: Path) -> bool:
+    return (path / "saved_model.pb").is_file()
+
+
+def versions(root: Path) -> dict[int, Path]:
+    """Numeric version subdirectories of ``root`` that hold a complete SavedModel."""
+    found = {}
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.isdigit() and is_version_dir(child) and (child / METADATA_FILE).is_file():
+                found[int(child.name)] = child
+    return found
+
+
+def resolve(path: Path | str) -> tuple[int, Path]:
+    """(version, version directory) for a versioned root or a single version directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model path {path} does not exist")
+    if is_version_dir(path):
+        version = int(path.name) if path.name.isdigit() else read_metadata(path).get("version", 1)
+        return int(version), path
+    found = versions(path)
+    if not found:
+        raise ModelError(f"{path} holds no SavedModel: expected {path}/<version>/saved_model.pb")
+    best = max(found)
+    return best, found[best]
+
+
+def read_metadata(version_dir: Path) -> dict[str, Any]:
+    meta_path = Path(version_dir) / METADATA_FILE
+    try:
+        return json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{meta_path} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
+
+
+@dataclass
+class ServingModel:
+    """A loaded SavedModel plus its metadata. ``predict`` takes unpadded MFCC arrays."""
+
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    _fn: Any = field(repr=False)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "ServingModel":
+        import tensorflow as tf
+
+        version, version_dir = resolve(path)
+        metadata = read_metadata(version_dir)
+        try:
+            loaded = tf.saved_model.load(str(version_dir))
+        except Exception as exc:  # TF raises several unrelated types for a broken directory
+            raise ModelError(f"cannot load SavedModel {version_dir}: {exc}") from exc
+        if SIGNATURE not in loaded.signatures:
+            raise ModelError(f"{version_dir} has no {SIGNATURE!r} signature")
+        model = cls(version_dir, version, metadata, loaded.signatures[SIGNATURE])
+        model._keepalive = loaded  # the signature needs its object graph alive
+        return model
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", self.path.parent.name))
+
+    @property
+    def features(self) -> FeatureParams:
+        return FeatureParams(**self.metadata["features"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata.get("threshold", 0.5))
+
+    @property
+    def max_frames(self) -> int:
+        return self.features.max_frames
+
+    def predict_padded(self, mfcc: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``mfcc`` float32 (B, T, 13) zero-padded, ``images`` uint8 (B, 28, 28)."""
+        import tensorflow as tf
+
+        out = self._fn(
+            mfcc=tf.convert_to_tensor(mfcc, tf.float32),
+            image=tf.convert_to_tensor(images, tf.uint8),
+        )
+        return {name: tensor.numpy() for name, tensor in out.items()}
+
+    def predict(self, frames: list[np.ndarray], images: np.ndarray) -> dict[str, np.ndarray]:
+        return self.predict_padded(pad_batch(frames, self.max_frames), np.asarray(images, np.uint8))
+
+    def predict_many(
+        self, frames: list[np.ndarray], images: np.ndarray, batch_size: int = 512
+    ) -> dict[str, np.ndarray]:
+        """``predict`` in batches of ``batch_size``, outputs concatenated."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(frames), batch_size):
+            out = self.predict(frames[start : start + batch_size], images[start : start + batch_size])
+            for name, value in out.items():
+                parts.setdefault(name, []).append(value)
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
