@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("digitmatch.model.metadata", "print a SavedModel's metadata and serving signature"),
     "produce": ("digitmatch.producer.load", "publish spoken/written halves of pairs to Kafka"),
     "serve": ("digitmatch.consumer.matcher", "run the matcher: join halves, micro-batch, publish verdicts"),
+    "bench": ("digitmatch.bench.cli", "benchmarks: model alone, naive consumer, pipeline under load, batching sweep"),
     "broker": ("digitmatch.broker", "run the embedded Kafka-protocol broker (Tansu) with the topics"),
 }
 

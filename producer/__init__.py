@@ -1,0 +1,1 @@
+"""Publishing pairs to ``pairs.in``: :mod:`.producer` (the halves), :mod:`.load` (``digitmatch produce``)."""

@@ -1,0 +1,335 @@
+"""Serving the SavedModel: loading, warm-up, version hot swap, and the inference thread.
+
+``--model`` is either one version directory or a TF-Serving versioned root (``<root>/<n>/``). For
+a root, the highest version that loads is served, and a watcher thread polls the root every
+``--model-poll-s`` seconds: a higher version that appears is loaded and warmed up (one dummy batch)
+off the hot path, then swapped in by a single reference assignment. The inference thread reads
+that reference once per batch, so a batch is computed by exactly one version and its verdicts name
+that version. A new version that fails to load or to warm up is logged, counted as
+``digitmatch_model_loads_total{result="error"}`` and skipped (tried again only if its files
+change); the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from digitmatch.consumer.batcher import Batch
+from digitmatch.consumer.join import HalfRecord, JoinedPair
+from digitmatch.consumer.metrics import MatcherMetrics
+from digitmatch.features import pad_batch
+from digitmatch.model.serving import ModelError, ServingModel, is_version_dir, versions
+from digitmatch.wire import Half, Latencies, ModelRef, Timestamps, Truth, Verdict
+
+log = logging.getLogger(__name__)
+
+SCORE_DECIMALS = 6
+
+
+def inference_device() -> str:
+    """The device TensorFlow places the model on: the first GPU if there is one, else the CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU (no GPU visible to TensorFlow)"
+
+
+def warm_up(model: ServingModel, batch_size: int = 2) -> None:
+    """Run one dummy batch so the first real batch pays no tracing/allocation cost, and check the
+    outputs follow the contract."""
+    mfcc = np.zeros((batch_size, model.max_frames, 13), np.float32)
+    images = np.zeros((batch_size, 28, 28), np.uint8)
+    out = model.predict_padded(mfcc, images)
+    score = out.get("score")
+    if score is None or score.shape != (batch_size,):
+        raise ModelError(f"{model.path}: output 'score' must be float32 [batch], got {None if score is None else score.shape}")
+    for head in ("spoken_digit_probs", "written_digit_probs"):
+        if head in out and out[head].shape != (batch_size, 10):
+            raise ModelError(f"{model.path}: output {head!r} must be [batch, 10], got {out[head].shape}")
+
+
+def _fingerprint(directory: Path) -> tuple:
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*") if p.is_file()))
+
+
+class ModelManager:
+    """Holds the model being served and swaps in newer versions."""
+
+    def __init__(self, path: Path | str, metrics: MatcherMetrics | None = None, poll_s: float = 10.0):
+        self.path = Path(path)
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.current: ServingModel | None = None
+        self._failed: dict[int, tuple] = {}  # version -> fingerprint of the files that failed
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def versioned(self) -> bool:
+        """True when ``path`` is a root whose new versions are picked up."""
+        return not is_version_dir(self.path)
+
+    def load(self) -> ServingModel:
+        """Load (and warm up) the model to serve first: the highest version that works."""
+        if not self.path.exists():
+            raise ModelError(f"model path {self.path} does not exist")
+        log.info("inference device: %s", inference_device())
+        if not self.versioned:
+            model = self._load_version(self.path)
+            self._serve(model)
+            return model
+        found = versions(self.path)
+        if not found:
+            raise ModelError(f"{self.path} holds no SavedModel: expected {self.path}/<version>/saved_model.pb")
+        for version in sorted(found, reverse=True):
+            try:
+                model = self._load_version(found[version])
+            except Exception as exc:
+                self._record_failure(version, found[version], exc)
+                continue
+            self._serve(model)
+            return model
+        raise ModelError(f"no version under {self.path} could be loaded (tried {sorted(found, reverse=True)})")
+
+    def check_for_new_version(self) -> bool:
+        """One poll: load, warm up and swap in a higher version if one appeared. True on a swap."""
+        if not self.versioned or self.current is None:
+            return False
+        found = versions(self.path)
+        for version in sorted((v for v in found if v > self.current.version), reverse=True):
+            directory = found[version]
+            if version in self._failed and self._failed[version] == _fingerprint(directory):
+                continue
+            try:
+                model = self._load_version(directory)
+            except Exception as exc:
+                self._record_failure(version, directory, exc)
+                continue
+            old = self.current
+            self._serve(model)
+            log.info("model hot swap: %s v%d -> %s v%d", old.name, old.version, model.name, model.version)
+            return True
+        return False
+
+    def start_watching(self) -> None:
+        if not self.versioned or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check_for_new_version()
+            except Exception:  # never let the watcher die: the old model keeps serving
+                log.exception("model watcher: unexpected error while polling %s", self.path)
+
+    def _load_version(self, directory: Path) -> ServingModel:
+        started = time.monotonic()
+        model = ServingModel.load(directory)
+        model.features  # metadata must describe the features the model was trained on
+        warm_up(model)
+        log.info(
+            "loaded model %s v%d from %s (threshold %.4f, max_frames %d) in %.1f s",
+            model.name, model.version, directory, model.threshold, model.max_frames, time.monotonic() - started,
+        )
+        return model
+
+    def _serve(self, model: ServingModel) -> None:
+        self.current = model  # the swap: one reference assignment, read once per batch
+        if self.metrics is not None:
+            self.metrics.model_loads.labels(result="ok").inc()
+            self.metrics.set_model(model.name, model.version)
+
+    def _record_failure(self, version: int, directory: Path, exc: Exception) -> None:
+        try:
+            self._failed[version] = _fingerprint(directory)
+        except OSError:
+            self._failed[version] = ()
+        if self.metrics is not None:
+            self.metrics.model_loads.labels(result="error").inc()
+        serving = f"; still serving v{self.current.version}" if self.current is not None else ""
+        log.error("model version %d at %s is broken, skipped%s: %s", version, directory, serving, exc)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _truth(spoken: int | None, written: int | None) -> Truth | None:
+    return None if spoken is None and written is None else Truth(spoken=spoken, written=written)
+
+
+def _produced_ms(*halves: HalfRecord) -> int | None:
+    stamps = [h.produced_ms for h in halves if h.produced_ms is not None]
+    return min(stamps) if stamps else None
+
+
+def pair_verdicts(
+    pairs: list[JoinedPair],
+    outputs: dict[str, np.ndarray],
+    model: ServingModel,
+    started: float,
+    inference_s: float,
+) -> list[Verdict]:
+    """One verdict per scored pair. ``started``: monotonic time the batch entered the model."""
+    decided_ms = _now_ms()
+    threshold = model.threshold
+    ref = ModelRef(name=model.name, version=model.version)
+    scores = outputs["score"]
+    spoken_pred = outputs.get("spoken_digit_probs")
+    written_pred = outputs.get("written_digit_probs")
+    verdicts = []
+    for i, pair in enumerate(pairs):
+        score = round(float(scores[i]), SCORE_DECIMALS)
+        match = score >= threshold
+        truth = _truth(pair.spoken.digit, pair.written.digit)
+        correct = None
+        if pair.spoken.digit is not None and pair.written.digit is not None:
+            correct = match == (pair.spoken.digit == pair.written.digit)
+        predicted = None
+        if spoken_pred is not None or written_pred is not None:
+            predicted = Truth(
+                spoken=None if spoken_pred is None else int(np.argmax(spoken_pred[i])),
+                written=None if written_pred is None else int(np.argmax(written_pred[i])),
+            )
+        produced = _produced_ms(pair.spoken, pair.written)
+        first, second = pair.first, pair.second
+        verdicts.append(
+            Verdict(
+                pair_id=pair.pair_id,
+                outcome="match" if match else "no_match",
+                score=score,
+                threshold=threshold,
+                model=ref,
+                predicted=predicted,
+                truth=truth,
+                correct=correct,
+                timestamps=Timestamps(
+                    produced_ms=produced, first_seen_ms=first.seen_ms, joined_ms=second.seen_ms, decided_ms=decided_ms
+                ),
+                latency_ms=Latencies(
+                    join_wait=(second.seen - first.seen) * 1000,
+                    queue_wait=max(0.0, started - pair.joined) * 1000,
+                    inference=inference_s * 1000,
+                    end_to_end=None if produced is None else max(0, decided_ms - produced),
+                ),
+            )
+        )
+    return verdicts
+
+
+def unpaired_verdict(half: HalfRecord, model: ServingModel) -> Verdict:
+    """The verdict for a half whose partner never came (TTL, or evicted at the pending bound)."""
+    decided_ms = _now_ms()
+    return Verdict(
+        pair_id=half.pair_id,
+        outcome="unpaired",
+        score=None,
+        threshold=model.threshold,
+        model=ModelRef(name=model.name, version=model.version),
+        missing_half=half.half.other,
+        truth=_truth(
+            half.digit if half.half is Half.SPOKEN else None, half.digit if half.half is Half.WRITTEN else None
+        ),
+        timestamps=Timestamps(produced_ms=half.produced_ms, first_seen_ms=half.seen_ms, decided_ms=decided_ms),
+        latency_ms=Latencies(end_to_end=None if half.produced_ms is None else max(0, decided_ms - half.produced_ms)),
+    )
+
+
+# --------------------------------------------------------------------------- the inference thread
+
+OnScored = Callable[[Batch[JoinedPair], ServingModel, list[Verdict]], None]
+
+
+class InferenceWorker:
+    """Takes batches from a bounded queue, scores them, hands the verdicts to ``on_scored``.
+
+    ``None`` in the queue stops the worker. ``queue.join()`` waits until every batch put so far
+    has been scored and handed on (the matcher uses it to drain on a rebalance and at shutdown).
+    """
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        batches: "queue.Queue[Batch[JoinedPair] | None]",
+        on_scored: OnScored,
+        metrics: MatcherMetrics | None = None,
+    ):
+        self.manager = manager
+        self.batches = batches
+        self.on_scored = on_scored
+        self.metrics = metrics
+        self._abandon = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+
+    def start(self) -> "InferenceWorker":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 60) -> None:
+        """Finish the batches already queued, then stop."""
+        self.batches.put(None)
+        self._thread.join(timeout)
+
+    def abandon(self) -> None:
+        """Stop retrying a failing batch (its pairs stay uncommitted and are read again later)."""
+        self._abandon.set()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.batches.get()
+            try:
+                if batch is None:
+                    return
+                self._score(batch)
+            except Exception:
+                log.exception("inference thread: batch of %d pairs dropped", 0 if batch is None else len(batch))
+            finally:
+                self.batches.task_done()
+
+    def _score(self, batch: Batch[JoinedPair]) -> None:
+        delay = 0.5
+        while True:
+            model = self.manager.current  # one version for the whole batch
+            started = time.monotonic()
+            try:
+                mfcc = pad_batch([p.spoken.array for p in batch.items], model.max_frames)
+                images = np.stack([p.written.array for p in batch.items])
+                outputs = model.predict_padded(mfcc, images)
+                break
+            except Exception:
+                log.exception("inference failed on a batch of %d pairs (model v%d); retrying in %.1f s",
+                              len(batch), model.version, delay)
+                if self._abandon.wait(delay):
+                    return
+                delay = min(delay * 2, 30.0)
+        inference_s = time.monotonic() - started
+        verdicts = pair_verdicts(batch.items, outputs, model, started, inference_s)
+        if self.metrics is not None:
+            m = self.metrics
+            m.inference.observe(inference_s)
+            m.batch_size.observe(len(batch))
+            for pair, verdict in zip(batch.items, verdicts):
+                m.queue_wait.observe(max(0.0, started - pair.joined))
+                if verdict.latency_ms.end_to_end is not None:
+                    m.end_to_end.observe(verdict.latency_ms.end_to_end / 1000)
+        self.on_scored(batch, model, verdicts)

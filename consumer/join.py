@@ -1,0 +1,203 @@
+"""Joining the two halves of a pair by pair ID, per partition, in any arrival order.
+
+Both halves of a pair carry the same key, so Kafka puts them on the same partition; the join state
+is therefore partition-local and keyed by ``(partition, pair_id)``.
+
+Rules (what :meth:`JoinTable.add` answers for an arriving half):
+
+* **pending**: first half of a pair; it waits for its partner.
+* **joined**: the partner was waiting; the pair goes on to inference.
+* **duplicate**: the same half with the same bytes as one already held, or as one of a pair
+  decided recently. Idempotent: nothing to do, the record is finished at once.
+* **conflict** (``conflicting_duplicate``): the same half of a *pending* pair with different bytes.
+  The first one read wins; the newcomer is dead-lettered.
+* **already_decided**: a half with different bytes for a pair decided recently (joined, or
+  expired as unpaired). Typical cause: the late partner of a pair that was declared unpaired, or a
+  reused pair ID. Dead-lettered. "Recently" = the last ``decided_memory`` pair IDs of that
+  partition; older IDs are forgotten and a half for one starts a new pair.
+
+Expiry: a half whose partner does not come within ``ttl_s`` is expired (:meth:`expire`) and gets
+an ``unpaired`` verdict. The number of pending halves is bounded by ``max_pending``: when a new
+half would exceed it, the *oldest* pending half is expired early (returned in ``evicted``) and
+also gets an ``unpaired`` verdict. On a rebalance, :meth:`revoke` drops the pending halves (and the
+decided memory) of the revoked partitions without a verdict: they were never committed, so the
+partition's next owner reads them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Hashable, Iterable
+
+import numpy as np
+
+from digitmatch.wire import Half
+
+
+def digest(value: bytes) -> bytes:
+    """Content fingerprint of a half's value, used to tell duplicates from conflicts."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
+@dataclass(slots=True)
+class HalfRecord:
+    """One decoded half plus where and when it was read."""
+
+    partition: Hashable
+    offset: int
+    pair_id: str
+    half: Half
+    array: np.ndarray
+    digest: bytes
+    seen: float  # monotonic seconds, for TTLs and latencies
+    seen_ms: int  # wall clock, epoch milliseconds, for the verdict's timestamps
+    digit: int | None = None
+    produced_ms: int | None = None
+
+
+@dataclass(slots=True)
+class JoinedPair:
+    spoken: HalfRecord
+    written: HalfRecord
+
+    @property
+    def pair_id(self) -> str:
+        return self.spoken.pair_id
+
+    @property
+    def partition(self) -> Hashable:
+        return self.spoken.partition
+
+    @property
+    def first(self) -> HalfRecord:
+        return self.spoken if self.spoken.seen <= self.written.seen else self.written
+
+    @property
+    def second(self) -> HalfRecord:
+        return self.written if self.spoken.seen <= self.written.seen else self.spoken
+
+    @property
+    def joined(self) -> float:
+        """Monotonic time the pair became complete."""
+        return self.second.seen
+
+    @property
+    def offsets(self) -> list[tuple[Hashable, int]]:
+        return [(self.spoken.partition, self.spoken.offset), (self.written.partition, self.written.offset)]
+
+
+class JoinOutcome(str, Enum):
+    PENDING = "pending"
+    JOINED = "joined"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    ALREADY_DECIDED = "already_decided"
+
+
+@dataclass(slots=True)
+class JoinResult:
+    outcome: JoinOutcome
+    pair: JoinedPair | None = None
+    detail: str = ""
+    evicted: list[HalfRecord] = field(default_factory=list)
+    # duplicate / conflict / already_decided: the lowest offset of the pair this half belongs to
+    related_offset: int | None = None
+
+
+class JoinTable:
+    """Pending halves keyed by ``(partition, pair_id)``, oldest first."""
+
+    def __init__(self, ttl_s: float, max_pending: int, decided_memory: int = 20_000):
+        if ttl_s <= 0 or max_pending < 1 or decided_memory < 0:
+            raise ValueError("ttl_s must be > 0, max_pending >= 1, decided_memory >= 0")
+        self.ttl_s = ttl_s
+        self.max_pending = max_pending
+        self.decided_memory = decided_memory
+        self._pending: OrderedDict[tuple[Hashable, str], HalfRecord] = OrderedDict()
+        # partition -> pair_id -> (lowest offset, {half: digest}) of the halves that made the decision
+        self._decided: dict[Hashable, OrderedDict[str, tuple[int, dict[Half, bytes]]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, half: HalfRecord) -> JoinResult:
+        key = (half.partition, half.pair_id)
+        held = self._pending.get(key)
+        if held is not None:
+            if held.half is half.half:
+                if held.digest == half.digest:
+                    return JoinResult(JoinOutcome.DUPLICATE, related_offset=held.offset)
+                return JoinResult(
+                    JoinOutcome.CONFLICT,
+                    detail=f"{half.half.value} half of pair {half.pair_id!r} already held with different "
+                    f"content (offset {held.offset})",
+                    related_offset=held.offset,
+                )
+            del self._pending[key]
+            spoken, written = (held, half) if held.half is Half.SPOKEN else (half, held)
+            self._remember(half.partition, half.pair_id, min(spoken.offset, written.offset),
+                           {Half.SPOKEN: spoken.digest, Half.WRITTEN: written.digest})
+            return JoinResult(JoinOutcome.JOINED, pair=JoinedPair(spoken, written))
+
+        decided = self._decided.get(half.partition, {}).get(half.pair_id)
+        if decided is not None:
+            first_offset, digests = decided
+            if digests.get(half.half) == half.digest:
+                return JoinResult(JoinOutcome.DUPLICATE, related_offset=first_offset)
+            return JoinResult(
+                JoinOutcome.ALREADY_DECIDED,
+                detail=f"pair {half.pair_id!r} was already decided; this {half.half.value} half arrived after",
+                related_offset=first_offset,
+            )
+
+        evicted = []
+        while len(self._pending) >= self.max_pending:
+            evicted.append(self._pop_oldest())
+        self._pending[key] = half
+        return JoinResult(JoinOutcome.PENDING, evicted=evicted)
+
+    def next_expiry(self) -> float | None:
+        """Monotonic time at which the oldest pending half expires (None if nothing is pending)."""
+        for oldest in self._pending.values():
+            return oldest.seen + self.ttl_s
+        return None
+
+    def expire(self, now: float) -> list[HalfRecord]:
+        """Remove and return the halves that waited ``ttl_s`` or longer, oldest first."""
+        out = []
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if now - oldest.seen < self.ttl_s:
+                break
+            out.append(self._pop_oldest())
+        return out
+
+    def revoke(self, partitions: Iterable[Hashable]) -> list[HalfRecord]:
+        """Forget everything about ``partitions``; returns the pending halves dropped."""
+        gone = set(partitions)
+        dropped = [h for key, h in self._pending.items() if key[0] in gone]
+        for h in dropped:
+            del self._pending[(h.partition, h.pair_id)]
+        for p in gone:
+            self._decided.pop(p, None)
+        return dropped
+
+    def pending(self) -> list[HalfRecord]:
+        return list(self._pending.values())
+
+    def _pop_oldest(self) -> HalfRecord:
+        _, half = self._pending.popitem(last=False)
+        self._remember(half.partition, half.pair_id, half.offset, {half.half: half.digest})
+        return half
+
+    def _remember(self, partition: Hashable, pair_id: str, first_offset: int, digests: dict[Half, bytes]) -> None:
+        if self.decided_memory == 0:
+            return
+        memory = self._decided.setdefault(partition, OrderedDict())
+        memory[pair_id] = (first_offset, digests)
+        memory.move_to_end(pair_id)
+        while len(memory) > self.decided_memory:
+            memory.popitem(last=False)

@@ -1,0 +1,576 @@
+"""The matcher (``digitmatch serve``): the poll loop that ties join, batcher, inference, offsets,
+dead letters, metrics and health together.
+
+Threads:
+
+* **poll loop** (the caller of :meth:`Matcher.run`): polls ``pairs.in``, decodes, joins, cuts
+  batches, expires unpaired halves, commits offsets, handles rebalances. It never waits for the
+  model, so heartbeats and rebalances stay healthy.
+* **inference** (:class:`~digitmatch.consumer.inference.InferenceWorker`): scores batches from a
+  bounded queue (``--max-queued-batches``) and hands the verdicts to the producer. When the queue
+  is full, the poll loop pauses its partitions and resumes them when there is room.
+* **producer I/O** (kafka-python's): delivery acknowledgements are passed back to the poll loop
+  through a thread-safe queue; only then are the records finished (see
+  :mod:`digitmatch.consumer.offsets` for the delivery guarantee).
+* **model watcher** and **HTTP endpoints**.
+
+:class:`Matcher` runs in-process too: ``Matcher(config).start()`` runs the loop on a thread,
+``stop()`` shuts it down gracefully (the same path as SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from kafka import ConsumerRebalanceListener
+
+from digitmatch.consumer.batcher import Batch, Batcher
+from digitmatch.consumer.config import MatcherConfig, add_matcher_options
+from digitmatch.consumer.dead_letter import OutgoingRecord, dead_letter
+from digitmatch.consumer.health import HealthServer
+from digitmatch.consumer.inference import InferenceWorker, ModelManager, unpaired_verdict
+from digitmatch.consumer.join import HalfRecord, JoinedPair, JoinOutcome, JoinTable, digest
+from digitmatch.consumer.metrics import MatcherMetrics
+from digitmatch.consumer.offsets import OffsetTracker
+from digitmatch.wire import InvalidMessage, Reason, Verdict, decode_half, verdict_key
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY_S = 1.0
+GAUGE_INTERVAL_S = 0.5
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A record on its way to the broker, and the input records it finishes once acknowledged."""
+
+    record: OutgoingRecord
+    offsets: list  # [(TopicPartition, offset)]
+    kind: Literal["verdict", "dead_letter"]
+    label: str  # verdict outcome or dead-letter reason
+    correct: bool | None = None
+    attempts: int = 0
+
+
+class Matcher:
+    def __init__(self, config: MatcherConfig):
+        self.config = config
+        self.metrics = MatcherMetrics()
+        self.metrics.pending_halves_limit.set(config.max_pending_halves)
+        self.models = ModelManager(config.model, self.metrics, config.model_poll_s)
+        self.join = JoinTable(config.join_ttl_s, config.max_pending_halves, config.decided_memory)
+        self.batcher: Batcher[JoinedPair] = Batcher(config.max_batch_size, config.max_delay_ms / 1000)
+        self.offsets = OffsetTracker()
+        self.batches: queue.Queue[Batch[JoinedPair] | None] = queue.Queue(maxsize=config.max_queued_batches)
+        self.completions: queue.SimpleQueue[tuple[Delivery, Exception | None]] = queue.SimpleQueue()
+        self.stop_event = threading.Event()
+        self.health: HealthServer | None = None
+        self.consumer = None
+        self.producer = None
+        self.worker: InferenceWorker | None = None
+        self.connected = False
+        self.assigned: set = set()
+        self._overflow: deque[Batch[JoinedPair]] = deque()
+        self._retries: deque[tuple[float, Delivery]] = deque()
+        self._paused = False
+        # Join, batcher, offsets and the overflow are touched by the poll loop and by the rebalance
+        # listener, which kafka-python 3 runs on its own I/O thread. The lock is never held across a
+        # call that waits for that thread (poll, commit, close, position).
+        self._lock = threading.RLock()
+        self._poll_thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._health_ready = threading.Event()
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ in-process control
+
+    def start(self) -> "Matcher":
+        """Run on a background thread; returns once the HTTP endpoints are bound."""
+        self._thread = threading.Thread(target=self._run_captured, name="matcher", daemon=True)
+        self._thread.start()
+        self._health_ready.wait(30)
+        return self
+
+    def stop(self, timeout: float = 120) -> None:
+        """Graceful shutdown (like SIGTERM) and wait for it."""
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.is_ready():
+                return True
+            if self._thread is not None and not self._thread.is_alive():
+                return False
+            time.sleep(0.05)
+        return False
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.health is None else self.health.port
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "model_loaded": self.models.current is not None,
+            "broker_connected": self.connected,
+            "partitions_assigned": bool(self.assigned),
+        }
+
+    def is_ready(self) -> bool:
+        return all(self.readiness().values())
+
+    def _run_captured(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # kept for the caller of start() to inspect
+            self.error = exc
+            log.exception("matcher stopped with an error")
+
+    # ------------------------------------------------------------------ main
+
+    def run(self) -> None:
+        """Serve until :attr:`stop_event` is set; then shut down gracefully."""
+        cfg = self.config
+        try:
+            self.health = HealthServer(self.metrics, self.readiness, cfg.metrics_host, cfg.metrics_port).start()
+        finally:
+            self._health_ready.set()
+        try:
+            self.models.load()
+            self.models.start_watching()
+            self.worker = InferenceWorker(self.models, self.batches, self._on_scored, self.metrics).start()
+            if self._connect():
+                try:
+                    self._loop()
+                finally:
+                    self._shutdown()
+        finally:
+            if self.worker is not None and self.worker.is_alive():
+                self.worker.abandon()
+                self.worker.stop()
+            self.models.stop()
+            self.metrics.ready.set(0)
+            self.health.stop()
+
+    def _connect(self) -> bool:
+        """Create the clients, waiting with backoff while no broker answers. False if stopped."""
+        from kafka import KafkaConsumer, KafkaProducer
+        from kafka.errors import KafkaError
+
+        cfg = self.config
+        delay = 1.0
+        while not self.stop_event.is_set():
+            producer = consumer = None
+            try:
+                producer = KafkaProducer(**cfg.kafka.producer_kwargs())
+                consumer = KafkaConsumer(
+                    **cfg.kafka.consumer_kwargs(
+                        cfg.group_id,
+                        session_timeout_ms=cfg.session_timeout_ms,
+                        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                        max_poll_records=cfg.max_poll_records,
+                    )
+                )
+                consumer.subscribe([cfg.input_topic], listener=_RebalanceListener(self))
+            except KafkaError as exc:
+                for client in (consumer, producer):
+                    if client is not None:
+                        client.close()
+                log.warning("Kafka at %s unavailable (%s); retrying in %.0f s",
+                            cfg.kafka.bootstrap_servers, exc, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.producer, self.consumer, self.connected = producer, consumer, True
+            log.info("connected to %s; group %r on %r -> %r (dead letters %r)", cfg.kafka.bootstrap_servers,
+                     cfg.group_id, cfg.input_topic, cfg.output_topic, cfg.dlq_topic)
+            return True
+        return False
+
+    def _loop(self) -> None:
+        from kafka.errors import KafkaError
+
+        cfg = self.config
+        self._poll_thread = threading.current_thread()
+        commit_every = cfg.commit_interval_ms / 1000
+        next_commit = time.monotonic() + commit_every
+        next_gauges = time.monotonic()
+        while not self.stop_event.is_set():
+            with self._lock:
+                self._drain_completions()
+                self._feed_inference()
+                timeout_ms = self._poll_timeout_ms(time.monotonic(), next_commit)
+            try:
+                records = self.consumer.poll(timeout_ms=timeout_ms, max_records=cfg.max_poll_records)
+            except KafkaError as exc:
+                self.metrics.kafka_errors.labels(stage="consume").inc()
+                log.warning("poll failed: %s", exc)
+                self.stop_event.wait(0.5)
+                continue
+            with self._lock:
+                now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
+                for tp, batch in records.items():
+                    if tp not in self.assigned:
+                        continue  # revoked while these were in flight; the next owner reads them
+                    for record in batch:
+                        self._handle(tp, record, now, now_ms)
+                now = time.monotonic()
+                due = self.batcher.due(now)
+                if due is not None:
+                    self._submit(due)
+                for half in self.join.expire(now):
+                    self._unpaired(half)
+            if now >= next_commit:
+                self._commit()
+                next_commit = now + commit_every
+            if now >= next_gauges:
+                self._update_gauges()
+                next_gauges = now + GAUGE_INTERVAL_S
+
+    def _poll_timeout_ms(self, now: float, next_commit: float) -> int:
+        wake = [next_commit, now + (0.01 if self._paused or self._retries else 0.1)]
+        for t in (self.batcher.deadline(), self.join.next_expiry()):
+            if t is not None:
+                wake.append(t)
+        return max(0, int((min(wake) - now) * 1000))
+
+    # ------------------------------------------------------------------ records in
+
+    def _handle(self, tp, record, now: float, now_ms: int) -> None:
+        self.offsets.track(tp, record.offset)
+        try:
+            half = decode_half(record.key, record.value, record.headers)
+        except InvalidMessage as exc:
+            self.metrics.messages_consumed.labels(half="invalid").inc()
+            self._dead_letter(tp, record, exc.reason, exc.detail)
+            return
+        self.metrics.messages_consumed.labels(half=half.half.value).inc()
+        result = self.join.add(
+            HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
+                       now, now_ms, half.digit, half.produced_ms)
+        )
+        for old in result.evicted:
+            self._unpaired(old)
+        if result.related_offset is not None:  # a duplicate, conflict or late half: keep it with its pair
+            self.offsets.span(tp, result.related_offset, record.offset)
+        if result.outcome is JoinOutcome.JOINED:
+            pair = result.pair
+            self.offsets.span(tp, min(pair.spoken.offset, pair.written.offset),
+                              max(pair.spoken.offset, pair.written.offset))
+            self.metrics.join_wait.observe(pair.second.seen - pair.first.seen)
+            full = self.batcher.add(pair, now)
+            if full is not None:
+                self._submit(full)
+        elif result.outcome is JoinOutcome.DUPLICATE:
+            self.offsets.finish(tp, record.offset)
+        elif result.outcome is JoinOutcome.CONFLICT:
+            self._dead_letter(tp, record, Reason.CONFLICTING_DUPLICATE, result.detail)
+        elif result.outcome is JoinOutcome.ALREADY_DECIDED:
+            self._dead_letter(tp, record, Reason.ALREADY_DECIDED, result.detail)
+
+    # ------------------------------------------------------------------ batches to the model
+
+    def _submit(self, batch: Batch[JoinedPair]) -> None:
+        self.metrics.batch_flushes.labels(reason=batch.reason.value).inc()
+        if not self._overflow:
+            try:
+                self.batches.put_nowait(batch)
+                return
+            except queue.Full:
+                pass
+        self._overflow.append(batch)
+        self._pause()
+
+    def _feed_inference(self) -> None:
+        while self._overflow:
+            try:
+                self.batches.put_nowait(self._overflow[0])
+            except queue.Full:
+                break
+            self._overflow.popleft()
+        if self._paused and not self._overflow and not self.batches.full():
+            self._resume()
+        self.metrics.inference_queue.set(self.batches.qsize() + len(self._overflow))
+
+    def _pause(self) -> None:
+        if not self._paused:
+            log.debug("inference queue full: pausing %d partitions", len(self.assigned))
+        self._paused = True
+        if self.assigned:
+            self.consumer.pause(*self.assigned)
+        self.metrics.partitions_paused.set(len(self.consumer.paused()))
+
+    def _resume(self) -> None:
+        self._paused = False
+        paused = self.consumer.paused()
+        if paused:
+            self.consumer.resume(*paused)
+        self.metrics.partitions_paused.set(0)
+
+    def _on_scored(self, batch: Batch[JoinedPair], model, verdicts: list[Verdict]) -> None:
+        """Inference thread: hand the batch's verdicts to the producer."""
+        topic = self.config.output_topic
+        for pair, verdict in zip(batch.items, verdicts):
+            record = OutgoingRecord(topic, verdict_key(verdict.pair_id), verdict.to_bytes(), [])
+            self._send(Delivery(record, pair.offsets, "verdict", verdict.outcome, verdict.correct))
+
+    def _unpaired(self, half: HalfRecord) -> None:
+        verdict = unpaired_verdict(half, self.models.current)
+        if verdict.latency_ms.end_to_end is not None:
+            self.metrics.end_to_end.observe(verdict.latency_ms.end_to_end / 1000)
+        record = OutgoingRecord(self.config.output_topic, verdict_key(half.pair_id), verdict.to_bytes(), [])
+        self._send(Delivery(record, [(half.partition, half.offset)], "verdict", "unpaired"))
+
+    def _dead_letter(self, tp, record, reason: Reason, detail: str) -> None:
+        log.info("dead letter %s:%d:%d: %s: %s", tp.topic, tp.partition, record.offset, reason.value, detail)
+        out = dead_letter(
+            self.config.dlq_topic, topic=tp.topic, partition=tp.partition, offset=record.offset,
+            key=record.key, value=record.value, headers=record.headers, reason=reason, detail=detail,
+        )
+        self._send(Delivery(out, [(tp, record.offset)], "dead_letter", reason.value))
+
+    # ------------------------------------------------------------------ records out
+
+    def _send(self, delivery: Delivery) -> None:
+        """Any thread. The acknowledgement (or failure) comes back through :attr:`completions`."""
+        from kafka.errors import KafkaError
+
+        rec = delivery.record
+        try:
+            future = self.producer.send(rec.topic, key=rec.key, value=rec.value, headers=rec.headers)
+        except KafkaError as exc:
+            self.completions.put((delivery, exc))
+            return
+        future.add_callback(self._acked, delivery)
+        future.add_errback(self._failed, delivery)
+
+    def _acked(self, delivery: Delivery, _metadata) -> None:
+        self.completions.put((delivery, None))
+
+    def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        self.completions.put((delivery, exc))
+
+    def _drain_completions(self) -> None:
+        m = self.metrics
+        while True:
+            try:
+                delivery, exc = self.completions.get_nowait()
+            except queue.Empty:
+                break
+            if exc is None:
+                for tp, offset in delivery.offsets:
+                    self.offsets.finish(tp, offset)
+                if delivery.kind == "verdict":
+                    m.verdicts.labels(outcome=delivery.label).inc()
+                    if delivery.correct is not None:
+                        m.verdicts_checked.labels(correct="true" if delivery.correct else "false").inc()
+                else:
+                    m.dead_letters.labels(reason=delivery.label).inc()
+                continue
+            m.kafka_errors.labels(stage="produce").inc()
+            delivery.attempts += 1
+            if not any(tp in self.assigned for tp, _ in delivery.offsets):
+                log.warning("giving up on a %s for revoked partitions (its input is read again): %s", delivery.kind, exc)
+                continue
+            log.warning("publishing a %s to %s failed (attempt %d), retrying: %s",
+                        delivery.kind, delivery.record.topic, delivery.attempts, exc)
+            self._retries.append((time.monotonic() + RETRY_DELAY_S, delivery))
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            self._send(self._retries.popleft()[1])
+
+    # ------------------------------------------------------------------ offsets, gauges
+
+    def _commit(self) -> None:
+        """Commit the offsets below which everything is finished.
+
+        On the poll thread the commit is synchronous. kafka-python 3 calls the rebalance listener
+        on its I/O thread, where blocking calls are not allowed: there the commit is queued on
+        that thread (``commit_async``) and goes out before the group is re-joined.
+        """
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        with self._lock:
+            points = {tp: off for tp, off in self.offsets.to_commit().items() if tp in self.assigned}
+        if not points:
+            return
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in points.items()}
+        if threading.current_thread() is not self._poll_thread:
+            self.consumer.commit_async(offsets, callback=self._commit_done)
+            with self._lock:
+                self.offsets.mark_committed(points)
+            return
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as exc:
+            self._commit_done(offsets, exc)
+            return
+        with self._lock:
+            self.offsets.mark_committed(points)
+        self.metrics.commits.labels(result="ok").inc()
+
+    def _commit_done(self, offsets, result) -> None:
+        if isinstance(result, BaseException):
+            self.metrics.commits.labels(result="error").inc()
+            self.metrics.kafka_errors.labels(stage="commit").inc()
+            log.warning("offset commit failed (retried at the next interval): %s", result)
+        elif result is not None:
+            self.metrics.commits.labels(result="ok").inc()
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        with self._lock:
+            m.pending_halves.set(len(self.join))
+            m.partitions_assigned.set(len(self.assigned))
+            m.inference_queue.set(self.batches.qsize() + len(self._overflow))
+            m.ready.set(1 if self.is_ready() else 0)
+            assigned = list(self.assigned)
+        if threading.current_thread() is not self._poll_thread:
+            return  # position() may wait for the I/O thread
+        lags = {}
+        for tp in assigned:
+            try:
+                high = self.consumer.highwater(tp)
+                if high is None:
+                    continue
+                try:
+                    position = self.consumer.position(tp, timeout_ms=0)
+                except TypeError:  # kafka-python 2.x: no timeout argument
+                    position = self.consumer.position(tp)
+            except Exception:  # not fetched yet / being reassigned: no lag to report
+                continue
+            if position is not None:
+                lags[tp.partition] = max(0, high - position)
+        m.set_lag(lags)
+
+    # ------------------------------------------------------------------ rebalances, shutdown
+
+    def _drain(self) -> None:
+        """Score everything joined so far, publish it and collect the acknowledgements."""
+        batch = self.batcher.drain(time.monotonic())
+        if batch is not None:
+            self.metrics.batch_flushes.labels(reason=batch.reason.value).inc()
+            self._overflow.append(batch)
+        while self._overflow:
+            self.batches.put(self._overflow.popleft())
+        self.batches.join()
+        self.producer.flush()
+        self._drain_completions()
+        deadline = time.monotonic() + 30
+        while self._retries and time.monotonic() < deadline:
+            time.sleep(RETRY_DELAY_S / 4)
+            self.producer.flush()
+            self._drain_completions()
+        if self._paused:
+            self._resume()
+        self.metrics.inference_queue.set(0)
+
+    def _on_revoked(self, revoked, lost: bool = False) -> None:
+        """Drain in-flight pairs, commit (unless the partitions are already lost), and forget the
+        pending halves of ``revoked``: they are uncommitted, so their next owner reads them again."""
+        revoked = set(revoked)
+        if not revoked:
+            return
+        log.info("partitions %s: %s; draining in-flight pairs%s", "lost" if lost else "revoked",
+                 sorted(tp.partition for tp in revoked), "" if lost else " and committing")
+        with self._lock:
+            self._drain()
+        if not lost:
+            self._commit()
+        with self._lock:
+            dropped = self.join.revoke(revoked)
+            self.offsets.revoke(revoked)
+            self.assigned -= revoked
+        self._update_gauges()
+        if dropped:
+            log.info("dropped %d pending halves of revoked partitions (the next owner reads them again)", len(dropped))
+
+    def _on_assigned(self, assigned) -> None:
+        assigned = set(assigned)
+        with self._lock:
+            self.offsets.assign(assigned)
+            self.assigned |= assigned
+            if self._paused and assigned:
+                self.consumer.pause(*assigned)
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in self.assigned))
+        self._update_gauges()
+
+    def _shutdown(self) -> None:
+        held = len(self.join)
+        log.info("shutting down: draining batches, flushing verdicts, committing offsets")
+        try:
+            with self._lock:
+                self._drain()
+            self._commit()
+        finally:
+            self.connected = False
+            self.assigned = set()
+            self.metrics.ready.set(0)
+            self.consumer.close(autocommit=False)
+            self.producer.close(timeout=30)
+        log.info("matcher stopped (%d halves were waiting for a partner; they are read again on restart)", held)
+
+
+class _RebalanceListener(ConsumerRebalanceListener):
+    def __init__(self, matcher: Matcher):
+        self.matcher = matcher
+
+    def on_partitions_revoked(self, revoked):
+        self.matcher._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        self.matcher._on_assigned(assigned)
+
+    def on_partitions_lost(self, lost):  # kafka-python >= 3: evicted from the group, cannot commit
+        self.matcher._on_revoked(lost, lost=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_matcher_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from digitmatch.kafka.exceptions import InvalidConfiguration
+    from digitmatch.model.serving import ModelError
+
+    from digitmatch.kafka.configuration import quiet_client_logs
+
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        quiet_client_logs()
+    try:
+        config = MatcherConfig.from_args(args)
+    except InvalidConfiguration as exc:
+        print(f"digitmatch serve: {exc}", file=sys.stderr)
+        return 2
+    matcher = Matcher(config)
+
+    def _stop(signum, _frame):
+        log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+        matcher.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        matcher.run()
+    except ModelError as exc:
+        print(f"digitmatch serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the metrics port is taken
+        print(f"digitmatch serve: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,461 @@
+"""``digitmatch train``: build pairs from the train pool, fit the two-branch network, export a
+versioned SavedModel with its metadata, metrics and plots.
+
+Data discipline: recordings and images are split once (``--split``) into a train pool and a
+held-out test set. A fixed part of the train pool (``validation_split``) is the validation set for
+early stopping; it is never re-split. Training pairs are drawn fresh from the rest of the pool every
+epoch (improved recipe) or once (seed recipe, as the 2019 notebook did). The test set is touched
+only after training, for the metrics stored in the metadata.
+
+Outputs under ``--out ROOT``: ``ROOT/<version>/`` (SavedModel + metadata.json) and
+``ROOT/reports/<version>/`` (metrics.json, history.json, PNG plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitmatch.features import DEFAULT_PARAMS, FeatureParams, pad_batch
+from digitmatch.settings import add_data_option, add_option, add_switch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("runs/models/digitmatch")
+VALIDATION_FRACTION = 0.1
+VALIDATION_PAIRS = 5000
+TEST_PAIRS = 10000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an architecture is trained (the seed keeps the notebook's recipe)."""
+
+    fresh_pairs: bool  # new random pairing of the train pool every epoch
+    augment: bool  # SpecAugment-style MFCC masking/shift + small image shifts
+    class_weighted: bool  # weight matches and non-matches to equal total weight
+    digit_loss_weight: float  # weight of each auxiliary digit-head loss (0 = no heads)
+    fixed_frames: int | None  # pad/truncate MFCC to this many frames (None = variable)
+    learning_rate: float = 1e-3
+    speed_factors: tuple[float, ...] = ()  # speed perturbation of training audio (0.9 = slower)
+
+
+RECIPES = {
+    "seed": Recipe(fresh_pairs=False, augment=False, class_weighted=False, digit_loss_weight=0.0, fixed_frames=93),
+    "improved": Recipe(fresh_pairs=True, augment=True, class_weighted=True, digit_loss_weight=0.5, fixed_frames=None,
+                       speed_factors=(0.85, 0.9, 0.95, 1.05, 1.1, 1.15)),
+}
+
+
+def split_type(text: str) -> str:
+    if text == "recording" or (text.startswith("speaker:") and len(text) > len("speaker:")):
+        return text
+    raise argparse.ArgumentTypeError("expected 'recording' or 'speaker:<name>'")
+
+
+def speed_factors_type(text: str) -> tuple[float, ...]:
+    try:
+        factors = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if any(not 0.5 <= f <= 2.0 for f in factors):
+        raise argparse.ArgumentTypeError("speed factors must lie in [0.5, 2]")
+    return factors
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--arch", default="improved", choices=["improved", "seed"], help="network")
+    add_option(parser, "--split", default="recording", type=split_type,
+               help="held-out test set: 'recording' (FSDD index 0-4) or 'speaker:<name>'")
+    add_option(parser, "--epochs", default=20, type=int, help="maximum epochs (early stopping on validation loss)")
+    add_option(parser, "--patience", default=5, type=int, help="early-stopping patience in epochs (0 = off)")
+    add_option(parser, "--batch-size", default=128, type=int, help="pairs per training step")
+    add_option(parser, "--pairs-per-epoch", default=45000, type=int, help="training pairs per epoch")
+    add_option(parser, "--match-ratio", default=0.1, type=float, help="fraction of matching training pairs")
+    add_option(parser, "--seed", default=0, type=int, help="random seed (weights, pairs, augmentation)")
+    add_data_option(parser)
+    add_option(parser, "--out", default=DEFAULT_OUT, type=Path,
+               help="model root: the SavedModel goes to ROOT/<version>/, reports to ROOT/reports/<version>/")
+    add_option(parser, "--version", default=None, type=int, help="version number (default: next free)")
+    add_option(parser, "--speed-factors", default=None, type=speed_factors_type,
+               help="speed-perturbation factors of training audio, e.g. 0.9,1.1 ('' = none; default: the recipe's)")
+    add_option(parser, "--steps", default=None, type=int, help="cap on steps per epoch (smoke tests)")
+    add_option(parser, "--test-pairs", default=TEST_PAIRS, type=int, help="held-out pairs for the final metrics")
+    add_switch(parser, "--plots", help="write PNG plots (default on)")
+    parser.set_defaults(plots=True)
+    add_option(parser, "--verbose", default=2, type=int, choices=[0, 1, 2],
+               help="Keras progress: 0 silent, 1 progress bar, 2 one line per epoch")
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class Pool:
+    """Padded MFCC features + digit labels of some recordings, and some images + labels."""
+
+    mfcc: np.ndarray  # float32 (N, T, 13), zero-padded
+    lengths: np.ndarray  # int64 (N,)
+    digits: np.ndarray  # int64 (N,)
+    images: np.ndarray  # uint8 (M, 28, 28)
+    image_digits: np.ndarray  # int64 (M,)
+    speed_mfcc: np.ndarray | None = None  # float32 (K, N, T, 13): speed-perturbed copies
+    speed_lengths: np.ndarray | None = None  # int64 (K, N)
+
+
+def make_pool(frames: list[np.ndarray], digits, images, image_digits, max_frames: int) -> Pool:
+    return Pool(
+        mfcc=pad_batch(frames, max_frames),
+        lengths=np.array([min(len(f), max_frames) for f in frames], dtype=np.int64),
+        digits=np.asarray(digits, dtype=np.int64),
+        images=np.asarray(images, dtype=np.uint8),
+        image_digits=np.asarray(image_digits, dtype=np.int64),
+    )
+
+
+def speed_perturbed(recs, factors: tuple[float, ...], params: FeatureParams):
+    """MFCCs of ``recs`` played ``factor`` times faster, for each factor: (K, N, T, 13), (K, N).
+
+    Declaring the audio's rate as ``rate * factor`` makes :func:`digitmatch.features.mfcc`
+    resample it back to ``params.sample_rate``: duration / factor, pitch and formants x factor,
+    which imitates other speakers (Ko et al., 2015, "Audio augmentation for speech recognition").
+    """
+    from digitmatch.features import mfcc
+
+    stacks, lengths = [], []
+    for factor in factors:
+        frames = [mfcc(a, int(round(r * factor)), params) for a, r in zip(recs.audio, recs.sample_rates)]
+        stacks.append(pad_batch(frames, params.max_frames))
+        lengths.append([min(len(f), params.max_frames) for f in frames])
+    width = params.max_frames
+    stacks = [np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0))) for x in stacks]
+    return np.stack(stacks), np.asarray(lengths, dtype=np.int64)
+
+
+def draw_pairs(pool: Pool, n: int, match_ratio: float, seed: int):
+    from digitmatch.data.pairs import make_pairs
+
+    return make_pairs(pool.digits, pool.image_digits, n, match_ratio, seed)
+
+
+def augment_mfcc(batch: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """SpecAugment-style: drop up to 3 leading frames, zero one band of <= 2 coefficients and one
+    span of <= 8 frames (zero frames are skipped by the Masking layer, i.e. the span is cut out)."""
+    out = np.zeros_like(batch)
+    for row in range(batch.shape[0]):
+        n = int(lengths[row])
+        shift = int(rng.integers(0, min(3, n - 1) + 1)) if n > 1 else 0
+        x = batch[row, shift:n].copy()
+        width = int(rng.integers(0, 3))
+        if width:
+            start = int(rng.integers(0, x.shape[1] - width + 1))
+            x[:, start : start + width] = 0.0
+        span = int(rng.integers(0, min(8, len(x) // 4) + 1))
+        if span:
+            start = int(rng.integers(0, len(x) - span + 1))
+            x[start : start + span] = 0.0
+        out[row, : len(x)] = x
+    return out
+
+
+def augment_images(images: np.ndarray, rng: np.random.Generator, max_shift: int = 2) -> np.ndarray:
+    """Shift each image by up to ``max_shift`` pixels in x and y (MNIST digits have a 4-px border)."""
+    out = np.empty_like(images)
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(len(images), 2))
+    for row, (dy, dx) in enumerate(shifts):
+        out[row] = np.roll(images[row], (int(dy), int(dx)), axis=(0, 1))
+    return out
+
+
+def class_weights(match_ratio: float) -> tuple[float, float]:
+    """(non-match weight, match weight) giving both classes the same total weight."""
+    return 0.5 / (1.0 - match_ratio), 0.5 / match_ratio
+
+
+def make_batches(pool: Pool, pairs, recipe: Recipe, batch_size: int, match_ratio: float,
+                 rng: np.random.Generator | None, with_heads: bool):
+    """Yield (x, y, sample_weight) batches for ``pairs`` (augmented when ``rng`` is given)."""
+    w_neg, w_pos = class_weights(match_ratio) if recipe.class_weighted else (1.0, 1.0)
+    for start in range(0, len(pairs.label), batch_size):
+        a = pairs.audio[start : start + batch_size]
+        i = pairs.image[start : start + batch_size]
+        label = pairs.label[start : start + batch_size].astype(np.float32)
+        lengths = pool.lengths[a]
+        width = recipe.fixed_frames or pool.mfcc.shape[1]  # fixed: Keras fixes batch shapes from the first batches
+        mfcc = pool.mfcc[a, :width]
+        images = pool.images[i]
+        if rng is not None and pool.speed_mfcc is not None:
+            # each row: the original (variant 0) or one of the K speed-perturbed copies
+            variant = rng.integers(0, len(pool.speed_mfcc) + 1, size=len(a))
+            rows = np.flatnonzero(variant > 0)
+            mfcc = mfcc.copy()
+            mfcc[rows] = pool.speed_mfcc[variant[rows] - 1, a[rows], :width]
+            lengths = lengths.copy()
+            lengths[rows] = pool.speed_lengths[variant[rows] - 1, a[rows]]
+        if rng is not None:
+            mfcc = augment_mfcc(mfcc, lengths, rng)
+            images = augment_images(images, rng)
+        if recipe.fixed_frames and mfcc.shape[1] < recipe.fixed_frames:
+            mfcc = np.pad(mfcc, ((0, 0), (0, recipe.fixed_frames - mfcc.shape[1]), (0, 0)))
+        x = {"mfcc": mfcc, "image": images}
+        weight = np.where(label > 0.5, w_pos, w_neg).astype(np.float32)
+        y = {"score": label[:, None]}
+        sw = {"score": weight}
+        if with_heads:
+            y["spoken_digit_probs"] = pool.digits[a]
+            y["written_digit_probs"] = pool.image_digits[i]
+            ones = np.ones(len(label), np.float32)
+            sw["spoken_digit_probs"] = ones
+            sw["written_digit_probs"] = ones
+        yield x, y, sw
+
+
+def pair_dataset(pool: Pool, recipe: Recipe, args, with_heads: bool, seed: int):
+    """A Keras PyDataset over the train pool: a fresh pairing per epoch when the recipe says so."""
+    import keras
+
+    class PairSequence(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.rng = np.random.default_rng(seed + 1)
+            self._draw()
+
+        def _draw(self):
+            pair_seed = seed * 1000 + (self.epoch if recipe.fresh_pairs else 0)
+            self.pairs = draw_pairs(pool, args.pairs_per_epoch, args.match_ratio, pair_seed)
+
+        def __len__(self):
+            steps = -(-len(self.pairs.label) // args.batch_size)
+            return min(steps, args.steps) if args.steps else steps
+
+        def __getitem__(self, index):
+            s = slice(index * args.batch_size, (index + 1) * args.batch_size)
+            sub = type(self.pairs)(self.pairs.audio[s], self.pairs.image[s], self.pairs.label[s])
+            rng = self.rng if recipe.augment else None
+            return next(make_batches(pool, sub, recipe, args.batch_size, args.match_ratio, rng, with_heads))
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            if recipe.fresh_pairs:
+                self._draw()
+
+    return PairSequence()
+
+
+def fixed_batches(pool: Pool, pairs, recipe: Recipe, batch_size: int, match_ratio: float, with_heads: bool):
+    """All batches of a fixed pair set, materialised (validation data)."""
+    import keras
+
+    batches = list(make_batches(pool, pairs, recipe, batch_size, match_ratio, None, with_heads))
+
+    class Fixed(keras.utils.PyDataset):
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, index):
+            return batches[index]
+
+    return Fixed()
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def load_split(data_dir: Path, split: str, params: FeatureParams):
+    """(train recordings, test recordings, train images, test images, their MFCC lists)."""
+    from digitmatch.data.fsdd import load_fsdd
+    from digitmatch.data.mnist import load_mnist
+    from digitmatch.data.splits import recording_split, speaker_split
+
+    recs = load_fsdd(data_dir / "fsdd")
+    if split == "recording":
+        train_idx, test_idx = recording_split(recs)
+    else:
+        train_idx, test_idx = speaker_split(recs, split.split(":", 1)[1])
+    train_images = load_mnist(data_dir / "mnist", "train")
+    test_images = load_mnist(data_dir / "mnist", "t10k")
+    frames = recs.mfcc(params)
+    return recs, train_idx, test_idx, frames, train_images, test_images
+
+
+def compile_model(model, recipe: Recipe):
+    import keras
+
+    losses = {"score": keras.losses.BinaryCrossentropy()}
+    weights = {"score": 1.0}
+    metrics = {"score": [keras.metrics.BinaryAccuracy(name="accuracy")]}
+    if recipe.digit_loss_weight:
+        for head in ("spoken_digit_probs", "written_digit_probs"):
+            losses[head] = keras.losses.SparseCategoricalCrossentropy()
+            weights[head] = recipe.digit_loss_weight
+            metrics[head] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(
+        optimizer=keras.optimizers.Adam(recipe.learning_rate),
+        loss=losses,
+        loss_weights=weights,
+        metrics=metrics,
+    )
+
+
+def predict_pool(model, pool: Pool, pairs, recipe: Recipe, batch_size: int = 512) -> dict[str, np.ndarray]:
+    """Keras-side predictions for fixed pairs (used on the validation set)."""
+    outs: dict[str, list] = {}
+    for x, _, _ in make_batches(pool, pairs, recipe, batch_size, 0.5, None, False):
+        for name, value in model(x, training=False).items():
+            outs.setdefault(name, []).append(np.asarray(value))
+    return {name: np.concatenate(v) for name, v in outs.items()}
+
+
+def train(args) -> Path:
+    """Train per ``args`` (the parsed ``train`` flags); return the exported version directory."""
+    import keras
+    import tensorflow as tf
+
+    from digitmatch.data.sample import resolve_data_dir
+    from digitmatch.data.splits import validation_split
+    from digitmatch.model import architecture
+    from digitmatch.model.evaluation import evaluate_pairs
+    from digitmatch.model.export import export, next_version
+    from digitmatch.model.metrics import binary_metrics
+
+    keras.utils.set_random_seed(args.seed)
+    tf.config.experimental.enable_op_determinism()
+    recipe = RECIPES[args.arch]
+    if args.speed_factors is not None:
+        recipe = dataclasses.replace(recipe, speed_factors=args.speed_factors)
+    params = DEFAULT_PARAMS
+    data_dir = resolve_data_dir(args.data)
+    started = time.perf_counter()
+
+    recs, train_idx, test_idx, frames, train_images, test_images = load_split(data_dir, args.split, params)
+    log.info("data %s: %d train-pool / %d test recordings, %d train / %d test images",
+             data_dir, len(train_idx), len(test_idx), len(train_images), len(test_images))
+    fit_pos, val_pos = validation_split(len(train_idx), VALIDATION_FRACTION, args.seed)
+    img_fit, img_val = validation_split(len(train_images), VALIDATION_FRACTION, args.seed)
+    fit_rec, val_rec = train_idx[fit_pos], train_idx[val_pos]
+
+    def pool_of(rec_idx, images):
+        return make_pool([frames[k] for k in rec_idx], recs.digits[rec_idx],
+                         images.images, images.labels, params.max_frames)
+
+    fit_pool = pool_of(fit_rec, train_images.subset(img_fit))
+    if recipe.speed_factors:
+        fit_pool.speed_mfcc, fit_pool.speed_lengths = speed_perturbed(
+            recs.subset(fit_rec), recipe.speed_factors, params)
+        log.info("speed perturbation %s: %d extra copies of each training recording",
+                 recipe.speed_factors, len(recipe.speed_factors))
+    val_pool = pool_of(val_rec, train_images.subset(img_val))
+
+    model = architecture.build(args.arch)
+    with_heads = architecture.has_digit_heads(model)
+    compile_model(model, recipe)
+    log.info("%s network: %d parameters", args.arch, model.count_params())
+
+    train_data = pair_dataset(fit_pool, recipe, args, with_heads, args.seed)
+    val_pairs = draw_pairs(val_pool, VALIDATION_PAIRS, args.match_ratio, args.seed * 1000 + 999)
+    val_data = fixed_batches(val_pool, val_pairs, recipe, 512, args.match_ratio, with_heads)
+    callbacks = []
+    if args.patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=args.patience, restore_best_weights=True))
+    fit_started = time.perf_counter()
+    history = model.fit(train_data, validation_data=val_data, epochs=args.epochs,
+                        callbacks=callbacks, verbose=args.verbose)
+    fit_seconds = time.perf_counter() - fit_started
+    epochs_run = len(history.history["loss"])
+    val_losses = history.history.get("val_loss", [])
+    # EarlyStopping restores the best epoch's weights; without it the last epoch's weights stay.
+    best_epoch = int(np.argmin(val_losses)) + 1 if args.patience > 0 and val_losses else epochs_run
+
+    # Validation metrics at the exported threshold, then the one look at the test set.
+    threshold = 0.5
+    val_out = predict_pool(model, val_pool, val_pairs, recipe)
+    val_metrics = binary_metrics(val_pairs.label, val_out["score"].ravel(), threshold)
+
+    root = Path(args.out)
+    version = args.version if args.version is not None else next_version(root)
+    metadata: dict[str, Any] = {
+        "name": root.name,
+        "architecture": args.arch,
+        "parameters": int(model.count_params()),
+        "threshold": threshold,
+        "training": {
+            "data": str(data_dir),
+            "split": args.split,
+            "seed": args.seed,
+            "epochs": epochs_run,
+            "best_epoch": best_epoch,
+            "max_epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "pairs_per_epoch": args.pairs_per_epoch,
+            "match_ratio": args.match_ratio,
+            "steps_cap": args.steps,
+            "recipe": recipe.__dict__,
+            "train_pool": {"recordings": int(len(fit_rec)), "images": int(len(img_fit))},
+            "validation": {"recordings": int(len(val_rec)), "images": int(len(img_val)),
+                           "pairs": int(len(val_pairs.label))},
+            "test": {"recordings": int(len(test_idx)), "images": int(len(test_images))},
+            "fit_duration_s": round(fit_seconds, 1),
+        },
+        "metrics": {},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    version_dir = export(model, root, version, metadata, params, fixed_frames=recipe.fixed_frames)
+
+    # Held-out metrics through the exported SavedModel (the code path that serves).
+    test_metrics, raw = {}, {}
+    test_frames = [frames[k] for k in test_idx]
+    for ratio in (0.5, 0.1):
+        key = f"match_{ratio}"
+        test_metrics[key], raw[key] = evaluate_pairs(
+            version_dir, test_frames, recs.digits[test_idx], test_images,
+            n_pairs=args.test_pairs, match_ratio=ratio, seed=args.seed)
+    duration = time.perf_counter() - started
+    metadata["training"]["duration_s"] = round(duration, 1)
+    metadata["metrics"] = {"validation": val_metrics, "test": test_metrics}
+    meta_path = version_dir / "metadata.json"
+    stored = json.loads(meta_path.read_text())
+    stored["training"] = metadata["training"]
+    stored["metrics"] = metadata["metrics"]
+    meta_path.write_text(json.dumps(stored, indent=2) + "\n")
+
+    report_dir = root / "reports" / str(version)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "history.json").write_text(json.dumps(
+        {k: [float(v) for v in vals] for k, vals in history.history.items()}, indent=2) + "\n")
+    (report_dir / "metrics.json").write_text(json.dumps(
+        {"architecture": args.arch, "split": args.split, "seed": args.seed,
+         "parameters": metadata["parameters"], "epochs": epochs_run, "best_epoch": best_epoch,
+         "fit_duration_s": metadata["training"]["fit_duration_s"],
+         "duration_s": metadata["training"]["duration_s"],
+         "validation": val_metrics, "test": test_metrics}, indent=2) + "\n")
+    if args.plots:
+        from digitmatch.model import plots
+
+        plots.write_training_report(report_dir, history.history, raw["match_0.5"], threshold)
+    log.info("exported %s (%.0f s); test at 50/50: balanced accuracy %.4f; at 10%%: %.4f",
+             version_dir, duration, test_metrics["match_0.5"]["balanced_accuracy"],
+             test_metrics["match_0.1"]["balanced_accuracy"])
+    return version_dir
+
+
+def run(args) -> int:
+    from digitmatch.data.errors import DataError
+
+    try:
+        version_dir = train(args)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"digitmatch train: error: {exc}", file=__import__("sys").stderr)
+        return 2
+    print(version_dir)
+    return 0

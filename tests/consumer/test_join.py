@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+
+from digitmatch.consumer.join import HalfRecord, JoinOutcome, JoinTable, digest
+from digitmatch.wire import Half
+
+
+def half(pair_id, which, offset, seen=0.0, partition=0, content=b"a", digit=None):
+    array = np.frombuffer(content, np.uint8)
+    return HalfRecord(partition, offset, pair_id, which, array, digest(content), seen, int(seen * 1000), digit)
+
+
+@pytest.mark.parametrize("first", [Half.SPOKEN, Half.WRITTEN])
+def test_joins_in_either_order(first):
+    table = JoinTable(ttl_s=10, max_pending=10)
+    assert table.add(half("p1", first, 0, seen=1.0, content=b"x")).outcome is JoinOutcome.PENDING
+    assert len(table) == 1
+    result = table.add(half("p1", first.other, 5, seen=3.0, content=b"y"))
+    assert result.outcome is JoinOutcome.JOINED
+    pair = result.pair
+    assert pair.spoken.half is Half.SPOKEN and pair.written.half is Half.WRITTEN
+    assert pair.first.offset == 0 and pair.second.offset == 5
+    assert pair.joined == 3.0
+    assert sorted(pair.offsets) == [(0, 0), (0, 5)]
+    assert len(table) == 0
+
+
+def test_interleaved_pairs_join_with_their_own_partner():
+    table = JoinTable(ttl_s=10, max_pending=100)
+    ids = [f"id-{i}" for i in range(20)]
+    for i, pid in enumerate(ids):
+        assert table.add(half(pid, Half.SPOKEN, i, digit=i % 10)).outcome is JoinOutcome.PENDING
+    for i, pid in enumerate(reversed(ids)):
+        result = table.add(half(pid, Half.WRITTEN, 100 + i, digit=(19 - i) % 10))
+        assert result.outcome is JoinOutcome.JOINED
+        assert result.pair.pair_id == pid
+        assert result.pair.spoken.digit == result.pair.written.digit
+
+
+def test_same_pair_id_on_different_partitions_are_different_pairs():
+    table = JoinTable(ttl_s=10, max_pending=10)
+    table.add(half("p", Half.SPOKEN, 0, partition=0))
+    assert table.add(half("p", Half.WRITTEN, 0, partition=1)).outcome is JoinOutcome.PENDING
+    assert table.add(half("p", Half.WRITTEN, 1, partition=0)).outcome is JoinOutcome.JOINED
+    assert len(table) == 1
+
+
+def test_identical_duplicate_is_idempotent_pending_and_after_decision():
+    table = JoinTable(ttl_s=10, max_pending=10)
+    table.add(half("p", Half.SPOKEN, 3, content=b"s"))
+    dup = table.add(half("p", Half.SPOKEN, 4, content=b"s"))
+    assert dup.outcome is JoinOutcome.DUPLICATE and dup.related_offset == 3
+    assert table.add(half("p", Half.WRITTEN, 2, content=b"w")).outcome is JoinOutcome.JOINED
+    late = table.add(half("p", Half.WRITTEN, 5, content=b"w"))
+    assert late.outcome is JoinOutcome.DUPLICATE and late.related_offset == 2  # the pair's lowest offset
+    assert table.add(half("p", Half.SPOKEN, 6, content=b"s")).outcome is JoinOutcome.DUPLICATE
+    assert len(table) == 0
+
+
+def test_conflicting_duplicate_keeps_the_first():
+    table = JoinTable(ttl_s=10, max_pending=10)
+    table.add(half("p", Half.SPOKEN, 0, content=b"one"))
+    result = table.add(half("p", Half.SPOKEN, 1, content=b"two"))
+    assert result.outcome is JoinOutcome.CONFLICT
+    assert "offset 0" in result.detail and result.related_offset == 0
+    joined = table.add(half("p", Half.WRITTEN, 2, content=b"w"))
+    assert joined.pair.spoken.offset == 0
+
+
+def test_different_half_after_decision_is_already_decided():
+    table = JoinTable(ttl_s=10, max_pending=10)
+    table.add(half("p", Half.SPOKEN, 0, content=b"s"))
+    table.add(half("p", Half.WRITTEN, 1, content=b"w"))
+    result = table.add(half("p", Half.WRITTEN, 2, content=b"other"))
+    assert result.outcome is JoinOutcome.ALREADY_DECIDED
+    assert len(table) == 0
+
+
+def test_ttl_expiry_oldest_first_and_late_partner_is_already_decided():
+    table = JoinTable(ttl_s=5, max_pending=10)
+    table.add(half("a", Half.SPOKEN, 0, seen=0.0))
+    table.add(half("b", Half.WRITTEN, 1, seen=2.0))
+    assert table.next_expiry() == 5.0
+    assert table.expire(4.9) == []
+    expired = table.expire(5.0)
+    assert [h.pair_id for h in expired] == ["a"]
+    assert table.next_expiry() == 7.0
+    assert [h.pair_id for h in table.expire(100)] == ["b"]
+    assert table.next_expiry() is None
+    late = table.add(half("a", Half.WRITTEN, 9, seen=6.0, content=b"w"))
+    assert late.outcome is JoinOutcome.ALREADY_DECIDED
+
+
+def test_bound_evicts_the_oldest_pending_half():
+    table = JoinTable(ttl_s=100, max_pending=3)
+    for i in range(3):
+        assert table.add(half(f"p{i}", Half.SPOKEN, i, seen=float(i))).evicted == []
+    result = table.add(half("p3", Half.SPOKEN, 3, seen=3.0))
+    assert result.outcome is JoinOutcome.PENDING
+    assert [h.pair_id for h in result.evicted] == ["p0"]
+    assert len(table) == 3
+    # completing a pending pair needs no room
+    assert table.add(half("p1", Half.WRITTEN, 4)).outcome is JoinOutcome.JOINED
+    assert len(table) == 2
+
+
+def test_revoke_drops_pending_and_memory_of_those_partitions_only():
+    table = JoinTable(ttl_s=100, max_pending=10)
+    table.add(half("a", Half.SPOKEN, 0, partition=0))
+    table.add(half("b", Half.SPOKEN, 0, partition=1))
+    table.add(half("c", Half.SPOKEN, 1, partition=1, content=b"s"))
+    table.add(half("c", Half.WRITTEN, 2, partition=1, content=b"w"))
+    dropped = table.revoke([1])
+    assert [h.pair_id for h in dropped] == ["b"]
+    assert [h.pair_id for h in table.pending()] == ["a"]
+    # partition 1 reassigned later: its records are read again and join afresh
+    assert table.add(half("c", Half.SPOKEN, 1, partition=1, content=b"s")).outcome is JoinOutcome.PENDING
+
+
+def test_decided_memory_is_bounded_per_partition():
+    table = JoinTable(ttl_s=100, max_pending=10, decided_memory=2)
+    for i in range(3):
+        table.add(half(f"p{i}", Half.SPOKEN, 2 * i, content=b"s"))
+        table.add(half(f"p{i}", Half.WRITTEN, 2 * i + 1, content=b"w"))
+    assert table.add(half("p2", Half.WRITTEN, 10, content=b"x")).outcome is JoinOutcome.ALREADY_DECIDED
+    # p0 was forgotten: a half for it starts a new pair
+    assert table.add(half("p0", Half.WRITTEN, 11, content=b"x")).outcome is JoinOutcome.PENDING
+
+
+def test_rejects_bad_limits():
+    with pytest.raises(ValueError):
+        JoinTable(ttl_s=0, max_pending=1)
+    with pytest.raises(ValueError):
+        JoinTable(ttl_s=1, max_pending=0)

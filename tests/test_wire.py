@@ -1,0 +1,184 @@
+"""The wire schema: round trips, one crafted message per dead-letter reason, and fuzzing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digitmatch import wire
+from digitmatch.wire import InvalidMessage, Reason
+
+RNG = np.random.default_rng(0)
+FRAMES = RNG.normal(size=(37, 13)).astype(np.float32)
+IMAGE = RNG.integers(0, 256, size=(28, 28), dtype=np.uint8)
+# Raised by the matcher's join (tests/consumer), not by decoding one record.
+JOIN_REASONS = {Reason.CONFLICTING_DUPLICATE, Reason.ALREADY_DECIDED}
+
+
+def test_spoken_round_trip():
+    key, value, headers = wire.encode_spoken("run-1", FRAMES, digit=7, produced_ms=123)
+    half = wire.decode_half(key, value, headers)
+    assert half.pair_id == "run-1" and half.half is wire.Half.SPOKEN
+    assert half.digit == 7 and half.produced_ms == 123
+    np.testing.assert_array_equal(half.array, FRAMES)
+    assert half.array.dtype == np.float32
+
+
+def test_written_round_trip_without_optional_headers():
+    key, value, headers = wire.encode_written("a.b:c-9", IMAGE)
+    assert {name for name, _ in headers} == set(wire.REQUIRED_HEADERS)
+    half = wire.decode_half(key, value, headers)
+    assert half.half is wire.Half.WRITTEN and half.digit is None and half.produced_ms is None
+    np.testing.assert_array_equal(half.array, IMAGE)
+
+
+def test_foreign_headers_are_carried_not_interpreted():
+    key, value, headers = wire.encode_written("p1", IMAGE)
+    half = wire.decode_half(key, value, headers + [("traceparent", b"00-abc"), ("x", None)])
+    assert half.pair_id == "p1"
+
+
+def test_verdict_round_trip():
+    verdict = wire.Verdict(
+        pair_id="p1",
+        outcome="match",
+        score=0.912345,
+        threshold=0.5,
+        model=wire.ModelRef(name="digitmatch", version=3),
+        truth=wire.Truth(spoken=4, written=4),
+        correct=True,
+        timestamps=wire.Timestamps(produced_ms=1, first_seen_ms=2, joined_ms=3, decided_ms=4),
+        latency_ms=wire.Latencies(join_wait=1.0, end_to_end=3.0),
+    )
+    assert wire.Verdict.from_bytes(verdict.to_bytes()) == verdict
+
+
+def _spoken(**changes):
+    key, value, headers = wire.encode_spoken("p1", FRAMES, digit=3, produced_ms=1)
+    return _edit(key, value, headers, changes)
+
+
+def _written(**changes):
+    key, value, headers = wire.encode_written("p1", IMAGE, digit=3)
+    return _edit(key, value, headers, changes)
+
+
+def _edit(key, value, headers, changes):
+    headers = dict(headers)
+    for name, raw in changes.pop("headers", {}).items():
+        if raw is None:
+            headers.pop(name)
+        else:
+            headers[name] = raw
+    record = {"key": key, "value": value, "headers": list(headers.items())}
+    record.update(changes)
+    return record
+
+
+def _nan_frames():
+    frames = FRAMES.copy()
+    frames[5, 2] = np.nan
+    return frames.tobytes()
+
+
+CRAFTED = [
+    (Reason.MISSING_KEY, _written(key=None)),
+    (Reason.BAD_PAIR_ID, _written(key=b"has space")),
+    (Reason.BAD_PAIR_ID, _written(key=b"\xff\xfe")),
+    (Reason.BAD_PAIR_ID, _written(key=b"x" * 129)),
+    (Reason.MISSING_HEADER, _written(headers={wire.H_HALF: None})),
+    (Reason.DUPLICATE_HEADER, {**_written(), "headers": _written()["headers"] + [(wire.H_DIGIT, b"3")]}),
+    (Reason.UNKNOWN_HEADER, _written(headers={"dm-colour": b"blue"})),
+    (Reason.BAD_HEADER, _written(headers={wire.H_DIGIT: b"12"})),
+    (Reason.BAD_HEADER, _written(headers={wire.H_HALF: b"sung"})),
+    (Reason.BAD_HEADER, _written(headers={wire.H_PRODUCED_MS: b"-5"})),
+    (Reason.BAD_HEADER, _written(headers={wire.H_DIGIT: "٣".encode()})),
+    (Reason.BAD_HEADER, _written(headers={wire.H_DIGIT: b"1" * 65})),
+    (Reason.UNSUPPORTED_SCHEMA, _written(headers={wire.H_SCHEMA: b"2"})),
+    (Reason.BAD_SHAPE, _written(headers={wire.H_SHAPE: b"28,x"})),
+    (Reason.BAD_SHAPE, _written(headers={wire.H_SHAPE: b"784"})),
+    (Reason.BAD_SHAPE, _spoken(headers={wire.H_SHAPE: b"37,12"})),
+    (Reason.BAD_SHAPE, _spoken(headers={wire.H_SHAPE: b"0,13"}, value=b"")),
+    (Reason.BAD_DTYPE, _spoken(headers={wire.H_DTYPE: b"<f8"})),
+    (Reason.BAD_DTYPE, _written(headers={wire.H_DTYPE: b"<f4"})),
+    (Reason.TOO_LARGE, _spoken(headers={wire.H_SHAPE: b"1001,13"})),
+    (Reason.TOO_LARGE, _spoken(value=b"\0" * (wire.MAX_VALUE_BYTES + 4))),
+    (Reason.SIZE_MISMATCH, _spoken(value=FRAMES.tobytes()[:-4])),
+    (Reason.SIZE_MISMATCH, _written(value=None)),
+    (Reason.NON_FINITE, _spoken(value=_nan_frames())),
+]
+
+
+@pytest.mark.parametrize("reason, record", CRAFTED, ids=[f"{r.value}-{i}" for i, (r, _) in enumerate(CRAFTED)])
+def test_crafted_record_is_rejected_with_its_reason(reason, record):
+    with pytest.raises(InvalidMessage) as caught:
+        wire.decode_half(record["key"], record["value"], record["headers"])
+    assert caught.value.reason is reason
+    headers = wire.dead_letter_headers(record["headers"], caught.value.reason, caught.value.detail, "pairs.in:0:7")
+    assert headers[: len(record["headers"])] == list(record["headers"])
+    assert dict(headers[-3:]) == {
+        wire.H_DLQ_REASON: reason.value.encode(),
+        wire.H_DLQ_DETAIL: caught.value.detail.encode()[:512],
+        wire.H_DLQ_SOURCE: b"pairs.in:0:7",
+    }
+
+
+def test_every_decoding_reason_has_a_crafted_record():
+    assert {reason for reason, _ in CRAFTED} == set(Reason) - JOIN_REASONS
+
+
+@pytest.mark.parametrize(
+    "encode, reason",
+    [
+        (lambda: wire.encode_spoken("p", np.zeros((0, 13))), Reason.BAD_SHAPE),
+        (lambda: wire.encode_spoken("p", np.zeros((1001, 13))), Reason.TOO_LARGE),
+        (lambda: wire.encode_spoken("p", np.full((3, 13), np.inf)), Reason.NON_FINITE),
+        (lambda: wire.encode_written("p", IMAGE.astype(np.int16)), Reason.BAD_DTYPE),
+        (lambda: wire.encode_written("p", IMAGE[:27]), Reason.BAD_SHAPE),
+        (lambda: wire.encode_written("-starts-with-dash", IMAGE), Reason.BAD_PAIR_ID),
+    ],
+)
+def test_encoders_refuse_what_the_matcher_would_reject(encode, reason):
+    with pytest.raises(InvalidMessage) as caught:
+        encode()
+    assert caught.value.reason is reason
+
+
+header_names = st.sampled_from(sorted(wire.KNOWN_HEADERS) + ["dm-x", "other"]) | st.text(max_size=12)
+header_values = st.none() | st.binary(max_size=80) | st.sampled_from([b"1", b"spoken", b"written", b"28,28",
+                                                                      b"5,13", b"<f4", b"|u1", b"7"])  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    key=st.none() | st.binary(max_size=140),
+    value=st.none() | st.binary(max_size=1200),
+    headers=st.lists(st.tuples(header_names, header_values), max_size=8),
+)
+def test_random_records_raise_nothing_but_invalid_message(key, value, headers):
+    try:
+        half = wire.decode_half(key, value, headers)
+    except InvalidMessage as exc:
+        assert isinstance(exc.reason, Reason)
+    else:
+        assert half.array.nbytes == len(value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    frames=st.integers(1, 60),
+    digit=st.none() | st.integers(0, 9),
+    produced=st.none() | st.integers(0, 2**53),
+    drop=st.sampled_from([None, *wire.REQUIRED_HEADERS]),
+    corrupt=st.binary(max_size=8),
+)
+def test_mutated_valid_records_raise_nothing_but_invalid_message(frames, digit, produced, drop, corrupt):
+    key, value, headers = wire.encode_spoken("p", np.ones((frames, 13), np.float32), digit, produced)
+    headers = [(n, v) for n, v in headers if n != drop]
+    for mutated in (value, value + corrupt, value[: len(corrupt)]):
+        try:
+            wire.decode_half(key, mutated, headers)
+        except InvalidMessage:
+            pass
