@@ -15,7 +15,6 @@ project depends on Tansu beyond this module.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import logging
 import os
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from digitmatch import wire
+from digitmatch.child_process import spawn
 from digitmatch.kafka.admin import ensure_topics, wait_for_broker
 from digitmatch.kafka.configuration import KafkaConnection, quiet_client_logs
 from digitmatch.kafka.exceptions import BrokerBinaryMissing, BrokerExited, KafkaSetupError
@@ -71,34 +71,12 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _detach() -> None:  # runs in the child between fork and exec
-    os.setsid()
-
-
-def _detach_and_die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def child_preexec():
-    """``preexec_fn`` for helper processes: their own process group (a signal to the group reaches
-    them and their children only); on Linux, when started from the main thread, also killed when
-    this process dies (Linux ties that signal to the starting *thread*, so a process started from
-    a short-lived thread would die with it: there it is left out)."""
-    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
-        return _detach_and_die_with_parent
-    return _detach
-
-
 class EmbeddedBroker:
     """A Tansu broker subprocess with ``pairs.in``, ``matches.out`` and ``pairs.dlq`` created.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. ``port=None`` picks a free
     port. The process is started in its own process group and, on Linux, dies with this process
-    when started from the main thread (see :func:`child_preexec`).
+    when started from the main thread (see :func:`digitmatch.child_process.child_preexec`).
     """
 
     def __init__(
@@ -190,18 +168,7 @@ class EmbeddedBroker:
             "--advertised-listener-url", f"tcp://{self.advertised_host}:{self.port}",
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_path, "ab")
-        else:
-            out = subprocess.DEVNULL
-        try:
-            self._process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=child_preexec()
-            )
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+        self._process = spawn(cmd, self.log_path)
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -304,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         print(broker.bootstrap, flush=True)
         while not stop.wait(0.5):
             if not broker.running:
-                print(f"digitmatch broker: the broker process exited unexpectedly", file=sys.stderr)
+                print("digitmatch broker: the broker process exited unexpectedly", file=sys.stderr)
                 return 1
     finally:
         broker.stop()

@@ -16,7 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from digitmatch.broker import child_preexec, free_port
+from digitmatch.broker import free_port
+from digitmatch.child_process import spawn
 
 
 class MatcherExited(RuntimeError):
@@ -92,19 +93,7 @@ class MatcherProcess:
 
     def start(self) -> "MatcherProcess":
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(self.env or {})}
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_path, "ab")
-        else:
-            out = subprocess.DEVNULL
-        try:
-            self.process = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, preexec_fn=child_preexec(),
-            )  # fmt: skip
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+        self.process = spawn(self.command, self.log_path, env)
         return self
 
     def log_tail(self, chars: int = 2000) -> str:
