@@ -30,13 +30,16 @@ def smoke_model(full_data, tmp_path_factory) -> Path:
     from digitmatch.cli import main
 
     root = tmp_path_factory.mktemp("smoke") / "digitmatch"
-    code = main([
-        "train", "--data", str(full_data), "--out", str(root), "--epochs", "2", "--steps", "3",
+    assert main(smoke_train_args(full_data, root)) == 0
+    return root
+
+
+def smoke_train_args(data: Path, root: Path) -> list[str]:
+    return [
+        "train", "--data", str(data), "--out", str(root), "--epochs", "2", "--steps", "3",
         "--batch-size", "32", "--pairs-per-epoch", "256", "--test-pairs", "200", "--seed", "3",
         "--verbose", "0",
-    ])
-    assert code == 0
-    return root
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,23 @@ def test_second_run_gets_the_next_version(smoke_model, full_data):
     assert not (smoke_model / "reports" / "2" / "roc.png").exists()
 
 
+def test_same_seed_gives_the_same_training_run(smoke_model, full_data, tmp_path):
+    """``--seed`` fixes weights, pairings and augmentation: a second run with the smoke model's
+    arguments repeats its per-epoch history and held-out metrics exactly."""
+    from digitmatch.cli import main
+
+    from .conftest import smoke_train_args
+
+    again = tmp_path / "digitmatch"
+    assert main(smoke_train_args(full_data, again) + ["--no-plots"]) == 0
+    first = json.loads((smoke_model / "reports" / "1" / "history.json").read_text())
+    second = json.loads((again / "reports" / "1" / "history.json").read_text())
+    assert first == second
+    first_meta = json.loads((smoke_model / "1" / "metadata.json").read_text())
+    second_meta = json.loads((again / "1" / "metadata.json").read_text())
+    assert first_meta["metrics"] == second_meta["metrics"]
+
+
 def test_bad_split_and_bad_data_are_one_line_errors(tmp_path, capsys):
     from digitmatch.cli import main
 
