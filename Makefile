@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - embedded broker + matcher + producer on the shipped model
 #   make test   - the whole test suite
+#   make reliability - the fault and bad-input suite, then docs/reliability.md from its figures
 # Both create (or reuse) the virtualenv .venv inside the repository.
 
 PYTHON ?= python3
@@ -10,7 +11,9 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps clean
+RELIABILITY_FIGURES ?= docs/reliability.json
+
+.PHONY: demo test reliability venv system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +33,12 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# The figures come from the suite's own run; the page is rendered only when every check passed.
+reliability: $(STAMP)
+	rm -f $(RELIABILITY_FIGURES)
+	DIGITMATCH_RELIABILITY_REPORT=$(RELIABILITY_FIGURES) $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
+	$(BIN)/python tests/reliability/report.py $(RELIABILITY_FIGURES) docs/reliability.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

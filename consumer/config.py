@@ -37,6 +37,9 @@ class MatcherConfig(BaseModel):
     heartbeat_interval_ms: int = Field(3_000, gt=0)
     commit_interval_ms: int = Field(500, gt=0)
     max_poll_records: int = Field(2_000, ge=1)
+    # kafka-python's default (500 ms) is how long a fetch may wait for data; a broker that holds
+    # fetches for it (Tansu does) adds up to that to every record's latency (docs/benchmarks.md).
+    fetch_max_wait_ms: int = Field(20, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> "MatcherConfig":
@@ -92,3 +95,5 @@ def add_matcher_options(parser: argparse.ArgumentParser) -> None:
                help="how often finished offsets are committed")
     add_option(parser, "--max-poll-records", default=d["max_poll_records"].default, type=int,
                help="most records one poll returns")
+    add_option(parser, "--fetch-max-wait-ms", default=d["fetch_max_wait_ms"].default, type=int,
+               help="longest the broker may hold a fetch waiting for data (latency when input trickles)")

@@ -14,6 +14,7 @@ class OutgoingRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    partition: int | None = None  # None: the producer's partitioner picks it from the key
 
 
 def source_of(topic: str, partition: int, offset: int) -> str:

@@ -46,6 +46,11 @@ from digitmatch.wire import InvalidMessage, Reason, Verdict, decode_half, verdic
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 1.0
+# A producer whose deliveries keep failing is replaced (at most this often): after the broker lost
+# its state (a restart without data, a new cluster behind the same address) an idempotent producer
+# stays in a fatal state, since the broker no longer knows its producer ID.
+PRODUCER_RESET_AFTER_FAILURES = 3
+PRODUCER_RESET_INTERVAL_S = 5.0
 GAUGE_INTERVAL_S = 0.5
 
 
@@ -80,7 +85,20 @@ class Matcher:
         self.connected = False
         self.assigned: set = set()
         self._overflow: deque[Batch[JoinedPair]] = deque()
+        # Rebalances: where each revoked partition must be read again from (its commit point), and
+        # the retained ones the poll loop still has to seek back (see _on_assigned).
+        self._rewind_points: dict = {}
+        self._rewinds: dict = {}
         self._retries: deque[tuple[float, Delivery]] = deque()
+        # Records read, per half, added to digitmatch_messages_consumed_total once per poll (a
+        # labelled counter increment per record was a measurable share of the poll loop).
+        self._consumed = {"spoken": 0, "written": 0, "invalid": 0}
+        # Verdicts go to the partition their halves came from when both topics have as many
+        # partitions (what the default partitioner picks then, without hashing each key again).
+        self._mirror_partitions = False
+        self._produce_failures = 0  # failed deliveries since the last acknowledged one
+        self._producer_stale = False
+        self._next_producer_reset = 0.0
         self._paused = False
         # Join, batcher, offsets and the overflow are touched by the poll loop and by the rebalance
         # listener, which kafka-python 3 runs on its own I/O thread. The lock is never held across a
@@ -180,6 +198,7 @@ class Matcher:
                         session_timeout_ms=cfg.session_timeout_ms,
                         heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                         max_poll_records=cfg.max_poll_records,
+                        fetch_max_wait_ms=cfg.fetch_max_wait_ms,
                     )
                 )
                 consumer.subscribe([cfg.input_topic], listener=_RebalanceListener(self))
@@ -193,6 +212,7 @@ class Matcher:
                 delay = min(delay * 2, 30.0)
                 continue
             self.producer, self.consumer, self.connected = producer, consumer, True
+            self._mirror_partitions = _same_partitions(consumer, cfg.input_topic, cfg.output_topic)
             log.info("connected to %s; group %r on %r -> %r (dead letters %r)", cfg.kafka.bootstrap_servers,
                      cfg.group_id, cfg.input_topic, cfg.output_topic, cfg.dlq_topic)
             return True
@@ -207,6 +227,8 @@ class Matcher:
         next_commit = time.monotonic() + commit_every
         next_gauges = time.monotonic()
         while not self.stop_event.is_set():
+            if self._producer_stale:
+                self._reset_producer()
             with self._lock:
                 self._drain_completions()
                 self._feed_inference()
@@ -219,12 +241,15 @@ class Matcher:
                 self.stop_event.wait(0.5)
                 continue
             with self._lock:
+                if self._rewinds:
+                    records = self._rewind(records)
                 now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
                 for tp, batch in records.items():
                     if tp not in self.assigned:
                         continue  # revoked while these were in flight; the next owner reads them
                     for record in batch:
                         self._handle(tp, record, now, now_ms)
+                self._count_consumed()
                 now = time.monotonic()
                 due = self.batcher.due(now)
                 if due is not None:
@@ -237,6 +262,24 @@ class Matcher:
             if now >= next_gauges:
                 self._update_gauges()
                 next_gauges = now + GAUGE_INTERVAL_S
+
+    def _rewind(self, records: dict) -> dict:
+        """Seek partitions kept across a rebalance back to their commit point and drop what this
+        poll returned for them (all of it at or past that point): their pending halves were
+        forgotten on revocation, so they must be read again, as a new owner would."""
+        for tp, offset in self._rewinds.items():
+            self.consumer.seek(tp, offset)
+        log.info("re-reading kept partitions from their commit points: %s",
+                 {tp.partition: offset for tp, offset in sorted(self._rewinds.items())})
+        kept = {tp: batch for tp, batch in records.items() if tp not in self._rewinds}
+        self._rewinds.clear()
+        return kept
+
+    def _count_consumed(self) -> None:
+        for half, count in self._consumed.items():
+            if count:
+                self.metrics.messages_consumed.labels(half=half).inc(count)
+                self._consumed[half] = 0
 
     def _poll_timeout_ms(self, now: float, next_commit: float) -> int:
         wake = [next_commit, now + (0.01 if self._paused or self._retries else 0.1)]
@@ -252,10 +295,10 @@ class Matcher:
         try:
             half = decode_half(record.key, record.value, record.headers)
         except InvalidMessage as exc:
-            self.metrics.messages_consumed.labels(half="invalid").inc()
+            self._consumed["invalid"] += 1
             self._dead_letter(tp, record, exc.reason, exc.detail)
             return
-        self.metrics.messages_consumed.labels(half=half.half.value).inc()
+        self._consumed[half.half.value] += 1
         result = self.join.add(
             HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
                        now, now_ms, half.digit, half.produced_ms)
@@ -321,15 +364,18 @@ class Matcher:
     def _on_scored(self, batch: Batch[JoinedPair], model, verdicts: list[Verdict]) -> None:
         """Inference thread: hand the batch's verdicts to the producer."""
         topic = self.config.output_topic
+        mirror = self._mirror_partitions
         for pair, verdict in zip(batch.items, verdicts):
-            record = OutgoingRecord(topic, verdict_key(verdict.pair_id), verdict.to_bytes(), [])
+            partition = pair.spoken.partition.partition if mirror else None
+            record = OutgoingRecord(topic, verdict_key(verdict.pair_id), verdict.to_bytes(), [], partition)
             self._send(Delivery(record, pair.offsets, "verdict", verdict.outcome, verdict.correct))
 
     def _unpaired(self, half: HalfRecord) -> None:
+        # Not observed in digitmatch_end_to_end_seconds: an unpaired verdict waits the join TTL by
+        # design, and would make the latency quantiles (and their alert) about lone halves.
         verdict = unpaired_verdict(half, self.models.current)
-        if verdict.latency_ms.end_to_end is not None:
-            self.metrics.end_to_end.observe(verdict.latency_ms.end_to_end / 1000)
-        record = OutgoingRecord(self.config.output_topic, verdict_key(half.pair_id), verdict.to_bytes(), [])
+        partition = half.partition.partition if self._mirror_partitions else None
+        record = OutgoingRecord(self.config.output_topic, verdict_key(half.pair_id), verdict.to_bytes(), [], partition)
         self._send(Delivery(record, [(half.partition, half.offset)], "verdict", "unpaired"))
 
     def _dead_letter(self, tp, record, reason: Reason, detail: str) -> None:
@@ -348,7 +394,8 @@ class Matcher:
 
         rec = delivery.record
         try:
-            future = self.producer.send(rec.topic, key=rec.key, value=rec.value, headers=rec.headers)
+            future = self.producer.send(rec.topic, key=rec.key, value=rec.value, headers=rec.headers,
+                                        partition=rec.partition)
         except KafkaError as exc:
             self.completions.put((delivery, exc))
             return
@@ -369,6 +416,7 @@ class Matcher:
             except queue.Empty:
                 break
             if exc is None:
+                self._produce_failures = 0
                 for tp, offset in delivery.offsets:
                     self.offsets.finish(tp, offset)
                 if delivery.kind == "verdict":
@@ -380,6 +428,9 @@ class Matcher:
                 continue
             m.kafka_errors.labels(stage="produce").inc()
             delivery.attempts += 1
+            self._produce_failures += 1
+            if self._produce_failures >= PRODUCER_RESET_AFTER_FAILURES and time.monotonic() >= self._next_producer_reset:
+                self._producer_stale = True
             if not any(tp in self.assigned for tp, _ in delivery.offsets):
                 log.warning("giving up on a %s for revoked partitions (its input is read again): %s", delivery.kind, exc)
                 continue
@@ -389,6 +440,26 @@ class Matcher:
         now = time.monotonic()
         while self._retries and self._retries[0][0] <= now:
             self._send(self._retries.popleft()[1])
+
+    def _reset_producer(self) -> None:
+        """Poll thread, outside the lock (creating a client waits for the broker): replace the
+        producer; deliveries still pending on the old one fail and are retried on the new one."""
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        self._producer_stale = False
+        self._next_producer_reset = time.monotonic() + PRODUCER_RESET_INTERVAL_S
+        log.warning("%d deliveries failed in a row: recreating the producer (broker restarted or lost its state?)",
+                    self._produce_failures)
+        try:
+            fresh = KafkaProducer(**self.config.kafka.producer_kwargs())
+        except KafkaError as exc:
+            log.warning("could not recreate the producer (%s); trying again later", exc)
+            return
+        old, self.producer = self.producer, fresh
+        self._produce_failures = 0
+        # Closing flushes, which waits for the old producer to fail what it still holds: not here.
+        threading.Thread(target=_close_quietly, args=(old,), name="producer-close", daemon=True).start()
 
     # ------------------------------------------------------------------ offsets, gauges
 
@@ -490,6 +561,12 @@ class Matcher:
         if not lost:
             self._commit()
         with self._lock:
+            # (Lost partitions need no rewind: the client forgets their positions and reads them
+            # again from the committed offsets.)
+            for tp in () if lost else revoked:
+                point = self.offsets.commit_point(tp)
+                if point is not None:
+                    self._rewind_points[tp] = point
             dropped = self.join.revoke(revoked)
             self.offsets.revoke(revoked)
             self.assigned -= revoked
@@ -500,6 +577,11 @@ class Matcher:
     def _on_assigned(self, assigned) -> None:
         assigned = set(assigned)
         with self._lock:
+            # The consumer keeps the position of a partition it owned before the rebalance (eager
+            # protocol: revoked, then assigned again), but its pending halves were dropped on
+            # revocation: the poll loop seeks it back to the commit point.
+            self._rewinds.update({tp: p for tp, p in self._rewind_points.items() if tp in assigned})
+            self._rewind_points.clear()
             self.offsets.assign(assigned)
             self.assigned |= assigned
             if self._paused and assigned:
@@ -521,6 +603,24 @@ class Matcher:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=30)
         log.info("matcher stopped (%d halves were waiting for a partner; they are read again on restart)", held)
+
+
+def _close_quietly(producer, timeout_s: float = 10.0) -> None:
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception as exc:  # a producer in a fatal state may not flush: nothing more to do with it
+        log.warning("the replaced producer did not close cleanly: %s", exc)
+
+
+def _same_partitions(consumer, input_topic: str, output_topic: str) -> bool:
+    """True when both topics exist with the same partitions (a verdict can then go to its input
+    partition number, which is where the key-hashing partitioner would put it)."""
+    try:
+        found_in = consumer.partitions_for_topic(input_topic)
+        found_out = consumer.partitions_for_topic(output_topic)
+    except Exception:  # metadata not available: let the partitioner decide
+        return False
+    return bool(found_in) and found_in == found_out
 
 
 class _RebalanceListener(ConsumerRebalanceListener):

@@ -17,12 +17,13 @@ key, headers, declared shape and dtype, value length, and only then the array it
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
@@ -224,7 +225,22 @@ def _int_header(found: dict[str, str], name: str) -> int | None:
     return int(text)
 
 
+class _Meta(NamedTuple):
+    """The checked headers, as :func:`decode_half` uses them (a plain tuple: cheaper than a model)."""
+
+    half: Half
+    shape: tuple[int, ...]
+    dtype: str
+    digit: int | None
+    produced_ms: int | None
+
+
 def decode_headers(headers: Headers | None) -> HalfHeaders:
+    """The ``dm-`` headers of one half, validated (``InvalidMessage`` with the reason if not)."""
+    return HalfHeaders.model_construct(schema_version=SCHEMA_VERSION, **_parse_headers(headers)._asdict())
+
+
+def _parse_headers(headers: Headers | None) -> _Meta:
     found = _header_map(headers)
     schema = _int_header(found, H_SCHEMA)
     if schema != SCHEMA_VERSION:
@@ -233,19 +249,16 @@ def decode_headers(headers: Headers | None) -> HalfHeaders:
         shape = tuple(int(d) for d in found[H_SHAPE].split(","))
     except ValueError:
         raise InvalidMessage(Reason.BAD_SHAPE, f"header {H_SHAPE!r} must be comma-separated integers, got {found[H_SHAPE]!r}") from None
+    # Checked by hand into a tuple: this runs for every record the matcher reads, and pydantic
+    # validation of a model per record was a measurable share of its poll loop (docs/benchmarks.md).
     try:
-        return HalfHeaders(
-            schema_version=schema,
-            half=found[H_HALF],
-            shape=shape,
-            dtype=found[H_DTYPE],
-            digit=_int_header(found, H_DIGIT),
-            produced_ms=_int_header(found, H_PRODUCED_MS),
-        )
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InvalidMessage(Reason.BAD_HEADER, f"header field {field}: {err['msg']}") from None
+        half = Half(found[H_HALF])
+    except ValueError:
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_HALF!r} must be 'spoken' or 'written', got {found[H_HALF]!r}") from None
+    digit = _int_header(found, H_DIGIT)
+    if digit is not None and digit > 9:
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_DIGIT!r} must be a digit 0-9, got {digit}")
+    return _Meta(half, shape, found[H_DTYPE], digit, _int_header(found, H_PRODUCED_MS))
 
 
 def _check_spoken_array(frames: np.ndarray) -> None:
@@ -262,7 +275,7 @@ def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None)
     if value is not None and len(value) > MAX_VALUE_BYTES:
         raise InvalidMessage(Reason.TOO_LARGE, f"value is {len(value)} bytes, limit {MAX_VALUE_BYTES}")
     pair_id = decode_pair_id(key)
-    meta = decode_headers(headers)
+    meta = _parse_headers(headers)
     expected_dtype = DTYPES[meta.half]
     if meta.dtype != expected_dtype:
         raise InvalidMessage(Reason.BAD_DTYPE, f"{meta.half.value} half must be {expected_dtype}, got {meta.dtype!r}")
@@ -274,7 +287,7 @@ def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None)
     elif meta.shape != IMAGE_SHAPE:
         raise InvalidMessage(Reason.BAD_SHAPE, f"written half must be {IMAGE_SHAPE}, got {meta.shape}")
     itemsize = 4 if meta.half is Half.SPOKEN else 1
-    expected = int(np.prod(meta.shape)) * itemsize
+    expected = math.prod(meta.shape) * itemsize
     if value is None or len(value) != expected:
         got = 0 if value is None else len(value)
         raise InvalidMessage(Reason.SIZE_MISMATCH, f"shape {meta.shape} needs {expected} bytes, value has {got}")

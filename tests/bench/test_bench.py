@@ -1,0 +1,110 @@
+"""Smoke tests of ``digitmatch bench``: every mode runs end to end on tiny sizes (real broker, real
+matcher processes, real SavedModel) and reports sane, self-consistent numbers. No timing
+thresholds: how fast is what the benchmark measures, not what the tests assert."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# The shipped held-out sample (an empty --data directory falls back to it) keeps pair building quick.
+TINY = ["--seconds", "2.5", "--naive-pairs", "12", "--batch-sizes", "1,8,32", "--model-seconds", "0.1",
+        "--pool-pairs", "100"]  # fmt: skip
+
+
+def bench(tmp_path: Path, *args: str, timeout: float = 240) -> dict:
+    empty = tmp_path / "no-data"
+    empty.mkdir(exist_ok=True)
+    env = {**os.environ, "DIGITMATCH_DATA": str(empty), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "digitmatch.cli", "bench", *args, "--json"], capture_output=True,
+                          text=True, env=env, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one JSON line on stdout, got {done.stdout[:2000]!r}"
+    return json.loads(lines[0])
+
+
+def check_model(r: dict, sizes: list[int]) -> None:
+    timings = r["model"]["timings"]
+    assert [t["batch_size"] for t in timings] == sizes
+    for t in timings:
+        assert t["pairs_per_s"] > 0 and t["ms_per_batch"] > 0 and t["batches"] >= 3
+        # pairs/s and ms per batch describe the same measurement
+        assert t["pairs_per_s"] == pytest.approx(1000 * t["batch_size"] / t["ms_per_batch"], rel=0.01)
+    assert r["model_pairs_per_s"] == pytest.approx(max(t["pairs_per_s"] for t in timings), abs=0.1)
+
+
+def check_point(p: dict, flags: dict) -> None:
+    assert p["verdicts"] == p["pairs"] > 0, "every pair sent gets exactly one verdict"
+    assert p["unpaired"] == 0
+    assert p["achieved_pairs_per_s"] > 0 and p["sent_pairs_per_s"] > 0
+    assert 0 < p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"] <= p["max_ms"]
+    # (batches cut and batches scored inside one window differ by those still queued at its edges)
+    assert sum(p["batch_sizes"].values()) > 0 and sum(p["flushes"].values()) > 0
+    assert set(p["flushes"]) <= {"full", "deadline", "drain"}
+    assert max(int(float(k.removeprefix("<="))) for k in p["batch_sizes"] if k != "+Inf") <= 2 * flags["max_batch_size"]
+    assert all(c is not None and c > 0 for c in p["matcher_cpu_percent"])
+    assert p["config"] == flags
+
+
+def test_quick_json_has_the_keys_with_sane_values(tmp_path):
+    r = bench(tmp_path, "--quick", *TINY, "--max-batch-size", "64", "--max-delay-ms", "10")
+    for key in ("model_pairs_per_s", "naive_pairs_per_s", "pipeline_pairs_per_s", "pipeline_vs_model",
+                "pipeline_vs_naive", "p50_ms", "p95_ms", "p99_ms", "max_batch_size", "max_delay_ms"):  # fmt: skip
+        assert key in r, key
+    assert r["max_batch_size"] == 64 and r["max_delay_ms"] == 10
+    for key in ("model_pairs_per_s", "naive_pairs_per_s", "pipeline_pairs_per_s", "p50_ms"):
+        assert r[key] > 0, key
+    assert r["pipeline_vs_model"] == pytest.approx(r["pipeline_pairs_per_s"] / r["model_pairs_per_s"], abs=1e-3)
+    assert r["pipeline_vs_naive"] == pytest.approx(r["pipeline_pairs_per_s"] / r["naive_pairs_per_s"], abs=1e-3)
+    assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    check_model(r, [1, 8, 32])
+    assert r["naive"]["verdicts"] == r["naive"]["pairs"] == 12
+    pipeline = r["pipeline"]
+    flags = {"max_batch_size": 64, "max_delay_ms": 10.0}
+    assert len(pipeline["points"]) == 1
+    for point in pipeline["points"] + [pipeline["half_saturation"]]:
+        check_point(point, flags)
+    assert r["pipeline_pairs_per_s"] == max(p["achieved_pairs_per_s"] for p in pipeline["points"])
+    assert pipeline["drain"]["verdicts"] == pipeline["drain"]["pairs"] and pipeline["drain"]["pairs_per_s"] > 0
+    assert r["p99_ms"] == pipeline["half_saturation"]["p99_ms"]
+    assert "sweep" not in r and "scaleout" not in r  # --quick leaves them out
+
+
+def test_every_mode_and_the_report(tmp_path):
+    r = bench(tmp_path, "all", *TINY, "--loads", "0.1,1.2", "--sweep-batch-sizes", "16", "--sweep-delays-ms", "5",
+              "--report", str(tmp_path / "docs"), timeout=420)  # fmt: skip
+    flags = {"max_batch_size": r["max_batch_size"], "max_delay_ms": r["max_delay_ms"]}
+    check_model(r, [1, 8, 32])
+    points = r["pipeline"]["points"]
+    assert [p["offered_pairs_per_s"] for p in points] == pytest.approx(
+        [0.1 * r["model_pairs_per_s"], 1.2 * r["model_pairs_per_s"]], abs=0.1)
+    for point in points:
+        check_point(point, flags)
+
+    scale = r["scaleout"]
+    assert scale["one"]["matchers"] == 1 and scale["two"]["matchers"] == 2
+    assert len(scale["two_matchers_cpu_percent"]) == 2
+    check_point(scale["two"], flags)
+    ratio = scale["two_matchers_pairs_per_s"] / scale["one_matcher_pairs_per_s"]
+    assert scale["scaling_ratio"] == pytest.approx(ratio, abs=1e-3)
+
+    sweep = r["sweep"]
+    assert [(p["max_batch_size"], p["max_delay_ms"]) for p in sweep["points"]] == [(16, 5.0)]
+    for p in sweep["points"]:
+        check_point(p["saturated"], {"max_batch_size": 16, "max_delay_ms": p["max_delay_ms"]})
+        assert p["target_ms"] > p["max_delay_ms"]
+    assert sweep["chosen"] == {"max_batch_size": 16, "max_delay_ms": 5.0}
+
+    docs = tmp_path / "docs"
+    assert json.loads((docs / "benchmarks.json").read_text())["summary"] == r["summary"]
+    assert (docs / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (docs / "benchmarks.md").read_text()
+    assert "bench:results:start" in page and "### Scale-out" in page and "### Batching knobs" in page
