@@ -46,6 +46,7 @@ from digitmatch.wire import InvalidMessage, Reason, Verdict, decode_half, verdic
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 1.0
+RETRY_LOG_INTERVAL_S = 5.0
 # A producer whose deliveries keep failing is replaced (at most this often): after the broker lost
 # its state (a restart without data, a new cluster behind the same address) an idempotent producer
 # stays in a fatal state, since the broker no longer knows its producer ID.
@@ -90,6 +91,8 @@ class Matcher:
         self._rewind_points: dict = {}
         self._rewinds: dict = {}
         self._retries: deque[tuple[float, Delivery]] = deque()
+        self._next_retry_log = 0.0
+        self._retries_not_logged = 0
         # Records read, per half, added to digitmatch_messages_consumed_total once per poll (a
         # labelled counter increment per record was a measurable share of the poll loop).
         self._consumed = {"spoken": 0, "written": 0, "invalid": 0}
@@ -434,12 +437,24 @@ class Matcher:
             if not any(tp in self.assigned for tp, _ in delivery.offsets):
                 log.warning("giving up on a %s for revoked partitions (its input is read again): %s", delivery.kind, exc)
                 continue
-            log.warning("publishing a %s to %s failed (attempt %d), retrying: %s",
-                        delivery.kind, delivery.record.topic, delivery.attempts, exc)
+            self._log_retry(delivery, exc)
             self._retries.append((time.monotonic() + RETRY_DELAY_S, delivery))
         now = time.monotonic()
         while self._retries and self._retries[0][0] <= now:
             self._send(self._retries.popleft()[1])
+
+    def _log_retry(self, delivery, exc) -> None:
+        """One warning per RETRY_LOG_INTERVAL_S at most: an outage fails every in-flight delivery,
+        hundreds a second; the counter ``digitmatch_kafka_errors_total{stage="produce"}`` has them all."""
+        now = time.monotonic()
+        if now < self._next_retry_log:
+            self._retries_not_logged += 1
+            return
+        more = f" ({self._retries_not_logged} more failed deliveries not logged)" if self._retries_not_logged else ""
+        log.warning("publishing a %s to %s failed (attempt %d), retrying: %s%s",
+                    delivery.kind, delivery.record.topic, delivery.attempts, exc, more)
+        self._next_retry_log = now + RETRY_LOG_INTERVAL_S
+        self._retries_not_logged = 0
 
     def _reset_producer(self) -> None:
         """Poll thread, outside the lock (creating a client waits for the broker): replace the
