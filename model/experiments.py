@@ -5,10 +5,12 @@
 Each experiment is one ``digitmatch train`` run in its own process (sequentially: the machine has
 two cores), written to ``<runs>/<name>/``; a finished run (its ``metrics.json`` exists) is reused,
 so an interrupted sweep resumes. The summary (every run's held-out metrics, parameters and
-training time) goes to ``docs/model-experiments.json`` and a Markdown table to stdout.
+training time) goes to ``docs/model-experiments.json``, the Markdown table to stdout and into
+``docs/model.md``.
 
-Budget: the recording-split runs use the full training settings; the leave-one-speaker-out folds
-use fewer epochs and pairs (the same for both architectures).
+Budget: the shipped model is the full-budget run (``digitmatch train`` defaults); every comparison
+run (both architectures, recording split and each leave-one-speaker-out fold) uses the same
+smaller budget, ``BUDGET``.
 """
 
 from __future__ import annotations
@@ -112,8 +114,12 @@ def summary_table(results: dict[str, dict]) -> str:
         cells = []
         for arch in ("seed", "improved"):
             m = results.get(f"{arch}-speaker-{speaker}", {}).get("test", {}).get("match_0.5")
-            cells.append("n/a" if m is None else
-                         f"{m['balanced_accuracy']:.4f} ({m.get('spoken_digit_accuracy', float('nan')):.3f})")
+            if m is None:
+                cells.append("n/a")
+            elif "spoken_digit_accuracy" in m:
+                cells.append(f"{m['balanced_accuracy']:.4f} ({m['spoken_digit_accuracy']:.3f})")
+            else:  # the seed network has no digit heads
+                cells.append(f"{m['balanced_accuracy']:.4f}")
         lines.append(f"| {speaker} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="data directory (default: digitmatch's default)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "experiments")
     parser.add_argument("--summary", type=Path, default=REPO / "docs" / "model-experiments.json")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "model.md",
+                        help="page whose experiments-table markers receive the table")
     parser.add_argument("--only", nargs="*", default=None, help="run only these experiment names")
     parser.add_argument("--table-only", action="store_true", help="summarise finished runs, train nothing")
     args = parser.parse_args(argv)
@@ -139,8 +147,20 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results[name] = run_one(name, train_args, args.runs, args.data)
         args.summary.write_text(json.dumps({"runs": results}, indent=2) + "\n")
-    print(summary_table(results))
+    table = summary_table(results)
+    print(table)
+    write_table(table, args.doc)
     return 0
+
+
+def write_table(table: str, doc: Path) -> None:
+    """Put the table between the ``experiments-table`` markers of ``doc`` (docs/model.md)."""
+    start, end = "<!-- experiments-table -->", "<!-- /experiments-table -->"
+    text = doc.read_text() if doc.is_file() else ""
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    doc.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
 
 
 if __name__ == "__main__":
