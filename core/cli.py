@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -39,6 +40,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # TensorFlow's C++ start-up notices, silenced for every subcommand before anything imports it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Only the chosen subcommand's module is imported to configure its parser.
     chosen = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(only=chosen).parse_args(argv)

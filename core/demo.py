@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -190,7 +188,6 @@ def run(args: argparse.Namespace) -> int:
     from digitmatch.kafka.configuration import quiet_client_logs
 
     quiet_client_logs()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     problem = _check(args)
     if problem:
         print(f"digitmatch demo: {problem}", file=sys.stderr)

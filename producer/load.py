@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import secrets
 import sys
 import threading
@@ -275,7 +274,6 @@ def run(args: argparse.Namespace) -> int:
     from digitmatch.kafka.exceptions import KafkaSetupError
 
     quiet_client_logs()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     problem = _check(args)
     if problem:
         print(f"digitmatch produce: {problem}", file=sys.stderr)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -76,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
     from digitmatch.kafka.configuration import quiet_client_logs
 
     quiet_client_logs()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from digitmatch.bench.runner import Plan, run_plan
     from digitmatch.bench.session import BenchSession
     from digitmatch.producer.load import data_dir_arg
