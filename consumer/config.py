@@ -30,6 +30,9 @@ class MatcherConfig(BaseModel):
     join_ttl_s: float = Field(30.0, gt=0)
     max_pending_halves: int = Field(100_000, ge=1)
     decided_memory: int = Field(20_000, ge=0)
+    # How far below the commit point a decided pair it splits may start; that many records before
+    # the commit point are read again when a partition is assigned (consumer/offsets.py).
+    lookback_records: int = Field(10_000, ge=0)
     model_poll_s: float = Field(10.0, gt=0)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9100, ge=0, le=65535)
@@ -45,6 +48,9 @@ class MatcherConfig(BaseModel):
     def _consistent(self) -> "MatcherConfig":
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat interval must be shorter than the session timeout")
+        if self.lookback_records > self.decided_memory:
+            raise ValueError("lookback records must not exceed the decided memory (the pairs read "
+                             "back are kept there)")
         return self
 
     @classmethod
@@ -82,6 +88,10 @@ def add_matcher_options(parser: argparse.ArgumentParser) -> None:
                help="bound on halves waiting for a partner; beyond it the oldest is declared unpaired early")
     add_option(parser, "--decided-memory", default=d["decided_memory"].default, type=int,
                help="recently decided pair IDs remembered per partition (late halves for them are dead-lettered)")
+    add_option(parser, "--lookback-records", default=d["lookback_records"].default, type=int,
+               help="records before the commit point read again on assignment to remember the pairs decided "
+                    "there; the commit point may split a decided pair that starts at most this far below it "
+                    "(0 = never split a pair: no read-back, but the commit point stalls while pairs overlap)")
     add_option(parser, "--model-poll-s", default=d["model_poll_s"].default, type=float,
                help="how often a versioned model root is checked for a new version")
     add_option(parser, "--metrics-host", default=d["metrics_host"].default, help="address of /metrics /healthz /readyz")

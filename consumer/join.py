@@ -22,6 +22,14 @@ half would exceed it, the *oldest* pending half is expired early (returned in ``
 also gets an ``unpaired`` verdict. On a rebalance, :meth:`revoke` drops the pending halves (and the
 decided memory) of the revoked partitions without a verdict: they were never committed, so the
 partition's next owner reads them again.
+
+Restored memory: the commit point may split a decided pair (``consumer/offsets.py``), so whoever
+reads a partition from its commit point may meet the second half of a pair whose first half lies
+before it. The matcher reads a window of records before the commit point first and hands each
+valid half to :meth:`restore`, which only rebuilds the decided memory. A half whose partner is not
+in that window is kept with it: when the partner comes, the pair is **joined** again and decided a
+second time (an identical verdict, as after any replay). Identical copies are duplicates and other
+bytes are ``already_decided``, as for any decided pair.
 """
 
 from __future__ import annotations
@@ -117,8 +125,9 @@ class JoinTable:
         self.max_pending = max_pending
         self.decided_memory = decided_memory
         self._pending: OrderedDict[tuple[Hashable, str], HalfRecord] = OrderedDict()
-        # partition -> pair_id -> (lowest offset, {half: digest}) of the halves that made the decision
-        self._decided: dict[Hashable, OrderedDict[str, tuple[int, dict[Half, bytes]]]] = {}
+        # partition -> pair_id -> [lowest offset, {half: digest}, restored half waiting for its
+        # partner or None] of the halves that made the decision
+        self._decided: dict[Hashable, OrderedDict[str, list]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -137,16 +146,15 @@ class JoinTable:
                     related_offset=held.offset,
                 )
             del self._pending[key]
-            spoken, written = (held, half) if held.half is Half.SPOKEN else (half, held)
-            self._remember(half.partition, half.pair_id, min(spoken.offset, written.offset),
-                           {Half.SPOKEN: spoken.digest, Half.WRITTEN: written.digest})
-            return JoinResult(JoinOutcome.JOINED, pair=JoinedPair(spoken, written))
+            return self._join(held, half)
 
         decided = self._decided.get(half.partition, {}).get(half.pair_id)
         if decided is not None:
-            first_offset, digests = decided
+            first_offset, digests, restored = decided
             if digests.get(half.half) == half.digest:
                 return JoinResult(JoinOutcome.DUPLICATE, related_offset=first_offset)
+            if restored is not None and restored.half is not half.half:
+                return self._join(restored, half)
             return JoinResult(
                 JoinOutcome.ALREADY_DECIDED,
                 detail=f"pair {half.pair_id!r} was already decided; this {half.half.value} half arrived after",
@@ -158,6 +166,25 @@ class JoinTable:
             evicted.append(self._pop_oldest())
         self._pending[key] = half
         return JoinResult(JoinOutcome.PENDING, evicted=evicted)
+
+    def restore(self, half: HalfRecord) -> None:
+        """Remember a half read before the commit point (already finished: decided, or a copy of
+        a decided half) without deciding anything. See "Restored memory" above."""
+        memory = self._decided.get(half.partition)
+        entry = memory.get(half.pair_id) if memory is not None else None
+        if entry is None:
+            self._remember(half.partition, half.pair_id, half.offset, {half.half: half.digest}, half)
+            return
+        digests, restored = entry[1], entry[2]
+        digests.setdefault(half.half, half.digest)  # the first copy read is the one that counted
+        if restored is not None and restored.half is not half.half:
+            entry[2] = None  # both halves were before the commit point: nothing to decide again
+
+    def _join(self, first: HalfRecord, second: HalfRecord) -> JoinResult:
+        spoken, written = (first, second) if first.half is Half.SPOKEN else (second, first)
+        self._remember(second.partition, second.pair_id, min(spoken.offset, written.offset),
+                       {Half.SPOKEN: spoken.digest, Half.WRITTEN: written.digest})
+        return JoinResult(JoinOutcome.JOINED, pair=JoinedPair(spoken, written))
 
     def next_expiry(self) -> float | None:
         """Monotonic time at which the oldest pending half expires (None if nothing is pending)."""
@@ -193,11 +220,12 @@ class JoinTable:
         self._remember(half.partition, half.pair_id, half.offset, {half.half: half.digest})
         return half
 
-    def _remember(self, partition: Hashable, pair_id: str, first_offset: int, digests: dict[Half, bytes]) -> None:
+    def _remember(self, partition: Hashable, pair_id: str, first_offset: int, digests: dict[Half, bytes],
+                  restored: HalfRecord | None = None) -> None:
         if self.decided_memory == 0:
             return
         memory = self._decided.setdefault(partition, OrderedDict())
-        memory[pair_id] = (first_offset, digests)
+        memory[pair_id] = [first_offset, digests, restored]
         memory.move_to_end(pair_id)
         while len(memory) > self.decided_memory:
             memory.popitem(last=False)

@@ -75,7 +75,7 @@ class Matcher:
         self.models = ModelManager(config.model, self.metrics, config.model_poll_s)
         self.join = JoinTable(config.join_ttl_s, config.max_pending_halves, config.decided_memory)
         self.batcher: Batcher[JoinedPair] = Batcher(config.max_batch_size, config.max_delay_ms / 1000)
-        self.offsets = OffsetTracker()
+        self.offsets = OffsetTracker(config.lookback_records)
         self.batches: queue.Queue[Batch[JoinedPair] | None] = queue.Queue(maxsize=config.max_queued_batches)
         self.completions: queue.SimpleQueue[tuple[Delivery, Exception | None]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
@@ -90,6 +90,11 @@ class Matcher:
         # the retained ones the poll loop still has to seek back (see _on_assigned).
         self._rewind_points: dict = {}
         self._rewinds: dict = {}
+        # Read-back (see _reposition): newly assigned partitions whose commit point is not known
+        # yet, and per partition the commit point below which records only restore the join's
+        # memory of decided pairs.
+        self._unplaced: set = set()
+        self._lookback_end: dict = {}
         self._retries: deque[tuple[float, Delivery]] = deque()
         self._next_retry_log = 0.0
         self._retries_not_logged = 0
@@ -244,12 +249,14 @@ class Matcher:
                 self.stop_event.wait(0.5)
                 continue
             with self._lock:
-                if self._rewinds:
-                    records = self._rewind(records)
+                if self._rewinds or self._unplaced:
+                    records = self._reposition(records)
                 now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
                 for tp, batch in records.items():
                     if tp not in self.assigned:
                         continue  # revoked while these were in flight; the next owner reads them
+                    if tp in self._lookback_end:
+                        batch = self._restore(tp, batch, now, now_ms)
                     for record in batch:
                         self._handle(tp, record, now, now_ms)
                 self._count_consumed()
@@ -266,17 +273,63 @@ class Matcher:
                 self._update_gauges()
                 next_gauges = now + GAUGE_INTERVAL_S
 
-    def _rewind(self, records: dict) -> dict:
-        """Seek partitions kept across a rebalance back to their commit point and drop what this
-        poll returned for them (all of it at or past that point): their pending halves were
-        forgotten on revocation, so they must be read again, as a new owner would."""
-        for tp, offset in self._rewinds.items():
-            self.consumer.seek(tp, offset)
-        log.info("re-reading kept partitions from their commit points: %s",
-                 {tp.partition: offset for tp, offset in sorted(self._rewinds.items())})
-        kept = {tp: batch for tp, batch in records.items() if tp not in self._rewinds}
+    def _reposition(self, records: dict) -> dict:
+        """Place partitions where their reading must start after an assignment.
+
+        * A partition kept across a rebalance is sought back to its commit point: its pending
+          halves were forgotten on revocation, so they must be read again, as a new owner would.
+        * A newly assigned one starts at its committed offset, which the first record returned for
+          it shows.
+        * Either way, when ``--lookback-records`` is set, reading starts that many records earlier:
+          those records only restore the memory of decided pairs (:meth:`_restore`), because the
+          commit point may split one (consumer/offsets.py).
+
+        What this poll returned for a partition sought elsewhere is dropped (it is read again)."""
+        lookback = self.config.lookback_records
+        starts, kept = dict(self._rewinds), set(self._rewinds)
         self._rewinds.clear()
-        return kept
+        for tp in list(self._unplaced):
+            batch = records.get(tp)
+            if tp in starts or tp not in self.assigned:
+                self._unplaced.discard(tp)
+            elif batch:
+                starts[tp] = batch[0].offset
+                self._unplaced.discard(tp)
+        if not starts:
+            return records
+        sought = {}
+        for tp, point in starts.items():
+            begin = max(0, point - lookback)
+            if begin < point:
+                self._lookback_end[tp] = point
+            if begin < point or tp in kept:
+                self.consumer.seek(tp, begin)
+                sought[tp] = (begin, point)
+        if sought:
+            log.info("reading partitions again from (read-back start, commit point): %s",
+                     {tp.partition: where for tp, where in sorted(sought.items())})
+        return {tp: batch for tp, batch in records.items() if tp not in sought}
+
+    def _restore(self, tp, batch: list, now: float, now_ms: int) -> list:
+        """Records before the commit point of a partition just assigned: finished already, so they
+        are not tracked and decide nothing; their valid halves restore the join's memory of decided
+        pairs. Returns the rest of ``batch``."""
+        end = self._lookback_end[tp]
+        restored = 0
+        for i, record in enumerate(batch):
+            if record.offset >= end:
+                del self._lookback_end[tp]
+                log.info("partition %d: read back %d records before the commit point %d",
+                         tp.partition, restored, end)
+                return batch[i:]
+            restored += 1
+            try:
+                half = decode_half(record.key, record.value, record.headers)
+            except InvalidMessage:
+                continue  # it was dead-lettered
+            self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array,
+                                         digest(record.value), now, now_ms, half.digit, half.produced_ms))
+        return []
 
     def _count_consumed(self) -> None:
         for half, count in self._consumed.items():
@@ -580,9 +633,14 @@ class Matcher:
             # again from the committed offsets.)
             for tp in () if lost else revoked:
                 point = self.offsets.commit_point(tp)
+                if point is None:  # revoked while reading back: nothing tracked yet
+                    point = self._lookback_end.get(tp)
                 if point is not None:
                     self._rewind_points[tp] = point
             dropped = self.join.revoke(revoked)
+            self._unplaced -= revoked
+            for tp in revoked:
+                self._lookback_end.pop(tp, None)
             self.offsets.revoke(revoked)
             self.assigned -= revoked
         self._update_gauges()
@@ -597,6 +655,7 @@ class Matcher:
             # revocation: the poll loop seeks it back to the commit point.
             self._rewinds.update({tp: p for tp, p in self._rewind_points.items() if tp in assigned})
             self._rewind_points.clear()
+            self._unplaced |= assigned - set(self._rewinds)
             self.offsets.assign(assigned)
             self.assigned |= assigned
             if self._paused and assigned:

@@ -12,21 +12,26 @@ record read when all are finished). A half waiting for its partner is not finish
 the commit point: after a crash or a rebalance the partition is read again from there, which
 rebuilds the join state, and no pair is lost.
 
-The commit point also never splits a pair: a pair whose halves sit at offsets ``a < b`` registers
-the *span* ``a..b`` (:meth:`OffsetTracker.span`), and the commit point stops either at or before
-``a`` or after ``b``, never between them. Otherwise a restart would read ``b`` without ``a`` and
-declare a correctly decided pair ``unpaired``. Duplicates and late halves of a pair extend its span
-the same way while its first half is still uncommitted.
+A pair whose halves sit at offsets ``a < b`` registers its *span* ``a..b``
+(:meth:`OffsetTracker.span`). Committing a point ``c`` with ``a < c <= b`` *splits* the pair: a
+restart reads ``b`` again without ``a``. The matcher handles that by reading the ``lookback``
+records before the commit point again when it gets a partition (they rebuild its memory of decided
+pairs, see :meth:`digitmatch.consumer.join.JoinTable.restore`), so the commit point may split a
+decided pair as long as ``a >= c - lookback``; a pair spread wider than that holds the commit point
+at or before ``a`` until the commit point can pass both halves at once. With ``lookback=0`` the
+commit point never splits a pair, which in a stream where every pair overlaps the next (both
+halves sent apart) means it hardly ever moves. Duplicates and late halves of a pair extend its
+span the same way while its first half is still uncommitted.
 
-Pairs that were finished after a held half are decided a second time after a restart; the
-re-emitted verdict is identical in its decision fields (outcome, score rounded to 6 decimals,
-threshold, model, predicted digits) as long as the same model version serves it. (The score is
-rounded so that float round-off from a different batch composition does not show; a score lying
-exactly on a rounding boundary can still differ in its 6th decimal.) Consumers of
-``matches.out`` should treat verdicts as upserts keyed by pair ID. One case stays outside this
-guarantee: a duplicate or late half that arrives after its pair's first half was already
-committed is, if it is read again after a crash, taken for the first half of a new pair (the
-matcher's memory of decided pairs does not survive the crash) and ends as ``unpaired``.
+Pairs that were finished after a held half, and pairs split by the commit point, are decided a
+second time after a restart; the re-emitted verdict is identical in its decision fields (outcome,
+score rounded to 6 decimals, threshold, model, predicted digits) as long as the same model version
+serves it. (The score is rounded so that float round-off from a different batch composition does
+not show; a score lying exactly on a rounding boundary can still differ in its 6th decimal.)
+Consumers of ``matches.out`` should treat verdicts as upserts keyed by pair ID. One case stays
+outside this guarantee: a duplicate or late half whose pair's first half lies more than
+``lookback`` records before the commit point is, if it is read again after a crash, taken for the
+first half of a new pair and ends as ``unpaired``.
 
 Records are tracked in the order the consumer returns them (increasing offsets per partition);
 completions may arrive in any order.
@@ -34,55 +39,77 @@ completions may arrive in any order.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import Hashable, Iterable
 
 
 class _PartitionOffsets:
-    __slots__ = ("open", "finished", "spans", "next_offset", "committed")
+    __slots__ = ("open", "finished", "spans", "passed", "next_offset", "committed", "lookback")
 
-    def __init__(self) -> None:
+    def __init__(self, lookback: int) -> None:
         self.open: deque[int] = deque()  # tracked offsets, ascending, not yet passed by the commit point
         self.finished: set[int] = set()  # finished offsets still in ``open``
-        self.spans: dict[int, int] = {}  # offset in ``open`` -> last offset the commit point must pass with it
+        self.spans: dict[int, int] = {}  # offset in ``open`` -> last offset of the pair starting there
+        # (first, last) spans whose first offset the commit point passed and whose last it may not
+        # have, ascending by first
+        self.passed: list[tuple[int, int]] = []
         self.next_offset: int | None = None  # one past the last tracked offset
         self.committed: int | None = None  # last commit point handed out by ``mark_committed``
+        self.lookback = lookback
 
     def commit_point(self) -> int | None:
         open_, finished, spans = self.open, self.finished, self.spans
-        while open_:
-            front = open_[0]
-            if front not in finished:
-                return front
-            # ``front`` may be passed only together with everything up to the end of its span
-            # (and of the spans that start inside it), all of which must be finished.
-            need, count = spans.get(front, front), 1
-            if need > front:
-                for offset in itertools.islice(open_, 1, None):
-                    if offset > need:
-                        break
-                    if offset not in finished:
-                        return front
-                    need = max(need, spans.get(offset, offset))
-                    count += 1
-                if need >= self.next_offset:
-                    return front  # a span reaching past what was read (cannot happen for a pair)
-            for _ in range(count):
-                offset = open_.popleft()
-                finished.discard(offset)
-                spans.pop(offset, None)
-        return self.next_offset
+        if not open_ or open_[0] not in finished:
+            return open_[0] if open_ else self.next_offset
+        # Walk the finished run at the front. After ``count`` records the candidate commit point is
+        # the next tracked offset; it is allowed when the oldest span straddling it (first below
+        # it, last at or past it) starts at most ``lookback`` before it. Spans are kept in order of
+        # their first offset, so the oldest one still straddling is the leftmost one not yet over.
+        passed, new = self.passed, []
+        i = j = count = best = 0
+        best_i = best_j = best_new = 0
+        offsets = iter(open_)
+        offset = next(offsets)
+        while True:
+            last = spans.get(offset, offset)
+            if last > offset:
+                new.append((offset, last))
+            count += 1
+            nxt = next(offsets, None)
+            point = self.next_offset if nxt is None else nxt
+            while i < len(passed) and passed[i][1] < point:
+                i += 1
+            while j < len(new) and new[j][1] < point:
+                j += 1
+            oldest = passed[i][0] if i < len(passed) else new[j][0] if j < len(new) else None
+            if oldest is None or oldest >= point - self.lookback:
+                best, best_i, best_j, best_new = count, i, j, len(new)
+            if nxt is None or nxt not in finished:
+                break
+            offset = nxt
+        if best:
+            for _ in range(best):
+                done = open_.popleft()
+                finished.discard(done)
+                spans.pop(done, None)
+            self.passed = passed[best_i:] + new[best_j:best_new]
+        return open_[0] if open_ else self.next_offset
 
 
 class OffsetTracker:
-    def __init__(self) -> None:
+    """Commit points of the partitions a matcher owns. ``lookback``: how far (in offsets) below the
+    commit point a decided pair it splits may start (see the module docstring)."""
+
+    def __init__(self, lookback: int = 0) -> None:
+        if lookback < 0:
+            raise ValueError("lookback must be >= 0")
+        self.lookback = lookback
         self._parts: dict[Hashable, _PartitionOffsets] = {}
 
     def assign(self, partitions: Iterable[Hashable]) -> None:
         """Start tracking ``partitions`` afresh (the consumer reads them from their committed offset)."""
         for p in partitions:
-            self._parts[p] = _PartitionOffsets()
+            self._parts[p] = _PartitionOffsets(self.lookback)
 
     def revoke(self, partitions: Iterable[Hashable]) -> None:
         for p in partitions:
@@ -95,7 +122,7 @@ class OffsetTracker:
         """A record was read. Offsets of one partition must be tracked in increasing order."""
         state = self._parts.get(partition)
         if state is None:
-            state = self._parts[partition] = _PartitionOffsets()
+            state = self._parts[partition] = _PartitionOffsets(self.lookback)
         if state.next_offset is not None and offset < state.next_offset:
             raise ValueError(f"offset {offset} of {partition} tracked after {state.next_offset - 1}")
         state.open.append(offset)

@@ -58,6 +58,8 @@ def test_security_options_reach_the_connection(tmp_path):
         (["--join-ttl-s", "0"], "--join-ttl-s"),
         (["--session-timeout-ms", "1000", "--heartbeat-interval-ms", "1000"], "heartbeat"),
         (["--security-protocol", "SASL_PLAINTEXT"], "SASL"),
+        (["--lookback-records", "-1"], "--lookback-records"),
+        (["--decided-memory", "100", "--lookback-records", "200"], "lookback records must not exceed"),
     ],
 )
 def test_invalid_settings_are_one_line_errors(argv, message):

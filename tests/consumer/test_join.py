@@ -132,3 +132,40 @@ def test_rejects_bad_limits():
         JoinTable(ttl_s=0, max_pending=1)
     with pytest.raises(ValueError):
         JoinTable(ttl_s=1, max_pending=0)
+
+
+def test_restored_memory_rejoins_a_split_pair_and_recognises_copies():
+    table = JoinTable(ttl_s=10, max_pending=10)
+    # read again before the commit point: pair a whole, pair b's spoken half only
+    table.restore(half("a", Half.SPOKEN, 10, content=b"as"))
+    table.restore(half("a", Half.WRITTEN, 11, content=b"aw"))
+    table.restore(half("b", Half.SPOKEN, 12, content=b"bs"))
+    assert len(table) == 0  # nothing is pending: those records are finished
+    # past the commit point: b's written half is decided again with the restored spoken half
+    result = table.add(half("b", Half.WRITTEN, 20, content=b"bw"))
+    assert result.outcome is JoinOutcome.JOINED
+    assert (result.pair.spoken.offset, result.pair.written.offset) == (12, 20)
+    assert table.add(half("b", Half.WRITTEN, 21, content=b"bw")).outcome is JoinOutcome.DUPLICATE
+    # pair a was decided with both halves before the commit point
+    assert table.add(half("a", Half.WRITTEN, 22, content=b"aw")).outcome is JoinOutcome.DUPLICATE
+    assert table.add(half("a", Half.SPOKEN, 23, content=b"other")).outcome is JoinOutcome.ALREADY_DECIDED
+    # an unknown pair starts afresh
+    assert table.add(half("c", Half.SPOKEN, 24)).outcome is JoinOutcome.PENDING
+
+
+def test_restored_half_keeps_the_first_copy_and_forgets_the_partner_once_both_are_restored():
+    table = JoinTable(ttl_s=10, max_pending=10)
+    table.restore(half("p", Half.SPOKEN, 1, content=b"first"))
+    table.restore(half("p", Half.SPOKEN, 2, content=b"second"))  # was dead-lettered as a conflict
+    assert table.add(half("p", Half.SPOKEN, 5, content=b"second")).outcome is JoinOutcome.ALREADY_DECIDED
+    table.restore(half("q", Half.WRITTEN, 3, content=b"w"))
+    table.restore(half("q", Half.SPOKEN, 4, content=b"s"))
+    late = table.add(half("q", Half.SPOKEN, 6, content=b"s2"))
+    assert late.outcome is JoinOutcome.ALREADY_DECIDED  # not joined again: q was whole before
+
+
+def test_revoke_forgets_restored_halves():
+    table = JoinTable(ttl_s=10, max_pending=10)
+    table.restore(half("p", Half.SPOKEN, 1, partition=3))
+    table.revoke([3])
+    assert table.add(half("p", Half.WRITTEN, 9, partition=3)).outcome is JoinOutcome.PENDING

@@ -356,7 +356,7 @@ def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_ma
         got = reader.wait_for(lambda c: len(c.verdicts) == len(pairs), timeout_s=120)
         assert len(got.verdicts) == len(pairs), second.log_tail()
         # halves read again after the restart must find their partners again: nothing may expire
-        # as "unpaired" (the commit point never splits a decided pair)
+        # as "unpaired" (a pair the commit point splits is joined again with its half read back)
         got = reader.poll(KILL_TTL_S + 2)
         for p in pairs:
             verdicts = got.verdicts[p.pair_id]
@@ -365,6 +365,62 @@ def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_ma
             assert len({decision(v)[:1] + decision(v)[2:] for v in verdicts}) == 1
             assert max(v.score for v in verdicts) - min(v.score for v in verdicts) <= 1e-5
     finally:
+        sender.close()
+        reader.close()
+
+
+def _overlapping(pairs, gap: int = 3) -> list:
+    """Each pair's written half sent ``gap`` records after its spoken half: every pair overlaps
+    the next, so any commit point inside the stream splits a decided pair."""
+    records = []
+    for k, p in enumerate(pairs):
+        records.append(p.spoken())
+        if k >= gap:
+            records.append(pairs[k - gap].written())
+    return records + [p.written() for p in pairs[-gap:]]
+
+
+def test_commit_point_moves_through_overlapping_pairs_and_a_restart_rejoins_split_pairs(
+        broker, serving_model, start_matcher):
+    topics = Topics.create(broker.connection, "overlap", partitions=1)
+    flags = serve_flags(topics, serving_model, "overlap", join_ttl_s=KILL_TTL_S, max_batch_size=16,
+                        commit_interval_ms=200, lookback_records=100)
+    sender = Sender(broker.connection, topics.input)
+    reader = Reader(broker.connection, topics)
+    check = KafkaConsumer(**broker.connection.consumer_kwargs("overlap"))
+    tp = TopicPartition(topics.input, 0)
+    pairs = make_pairs(300, "overlap")
+    records = _overlapping(pairs)
+    try:
+        first = start_matcher(broker.bootstrap, **flags)
+        sender.send_all(records[:400])
+        reader.wait_for(lambda c: len(c.verdicts) >= 150, timeout_s=60)
+        deadline = time.monotonic() + 30
+        while (check.committed(tp) or 0) < 300 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        committed = check.committed(tp)
+        # without the read-back the commit point could not move at all in this stream
+        assert committed >= 300
+        assert first.kill() == -9
+        sender.send_all(records[400:])
+        second = start_matcher(broker.bootstrap, ready=False, **flags)
+        got = reader.wait_for(lambda c: len(c.verdicts) == len(pairs), timeout_s=120)
+        assert len(got.verdicts) == len(pairs), second.log_tail()
+        got = reader.poll(KILL_TTL_S + 2)
+        for p in pairs:
+            verdicts = got.verdicts[p.pair_id]
+            # a split pair whose second half was read again is joined again, never "unpaired"
+            assert {v.outcome for v in verdicts} <= {"match", "no_match"}, p.pair_id
+            assert {(v.truth.spoken, v.truth.written) for v in verdicts} == {(p.spoken_digit, p.written_digit)}
+            assert len({decision(v)[:1] + decision(v)[2:] for v in verdicts}) == 1
+        assert not got.dead_letters
+        # only pairs with a half at or past the commit point were decided again
+        again = {pid for pid, v in got.verdicts.items() if len(v) > 1}
+        assert len(again) <= (len(records) - committed) // 2 + 3
+        log = second.log_tail(20_000)
+        assert "read back" in log and "Traceback" not in log
+    finally:
+        check.close()
         sender.close()
         reader.close()
 

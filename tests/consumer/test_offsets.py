@@ -137,3 +137,75 @@ def test_span_after_the_first_offset_was_committed_is_ignored():
     assert t.span(0, 0, 1) is False
     t.finish(0, 1)
     assert t.commit_point(0) == 2
+
+
+def _interleaved(t, partition, pairs):
+    """Pairs k = 0 .. pairs-1 whose halves sit at offsets 2k and 2k+3: every pair overlaps the next
+    (A0 x A1 B0 A2 B1 ...), as when each half is sent a little after its partner's."""
+    spans = {}
+    for k in range(pairs):
+        spans[2 * k] = 2 * k + 3
+    last = 2 * pairs + 1
+    for off in range(last + 1):
+        t.track(partition, off)
+    for first, second in spans.items():
+        t.span(partition, first, second)
+    t.finish(partition, 1)  # not part of a pair (say, dead-lettered)
+    return spans, last
+
+
+def test_without_lookback_overlapping_pairs_hold_the_commit_point():
+    t = OffsetTracker()
+    spans, last = _interleaved(t, 0, 50)
+    for first, second in spans.items():
+        if first < 90:
+            t.finish(0, first)
+            t.finish(0, second)
+    assert t.commit_point(0) == 0  # every candidate point splits a decided pair
+
+
+def test_with_lookback_the_commit_point_follows_the_first_unfinished_record():
+    t = OffsetTracker(lookback=4)
+    spans, last = _interleaved(t, 0, 50)
+    for first, second in spans.items():
+        if first < 90:
+            t.finish(0, first)
+            t.finish(0, second)
+    # 90 (pair 45's first half) is the first unfinished offset; the one decided pair that 90
+    # splits (88..91) starts 2 below it
+    assert t.commit_point(0) == 90
+    assert t.unfinished(0) == 11  # 90 .. 101 but 91
+
+
+def test_a_pair_spread_wider_than_the_lookback_holds_the_commit_point_until_it_can_jump():
+    t = OffsetTracker(lookback=2)
+    for off in range(12):
+        t.track(0, off)
+    t.span(0, 1, 8)
+    for off in range(12):
+        if off != 5:
+            t.finish(0, off)
+    # 2 and 3 are within 2 of the pair's first half; 4 .. 8 would split it further away
+    assert t.commit_point(0) == 3
+    t.finish(0, 5)
+    assert t.commit_point(0) == 12
+
+
+def test_spans_passed_by_the_commit_point_are_kept_until_they_end():
+    t = OffsetTracker(lookback=3)
+    for off in range(4):
+        t.track(0, off)
+    t.span(0, 0, 3)
+    for off in (0, 1):
+        t.finish(0, off)
+    assert t.commit_point(0) == 2  # splits 0..3, which starts 2 below
+    for off in range(4, 8):
+        t.track(0, off)
+    for off in (2, 3, 4, 5, 6, 7):
+        t.finish(0, off)
+    assert t.commit_point(0) == 8  # 3 was passed: the span is over
+
+
+def test_lookback_must_not_be_negative():
+    with pytest.raises(ValueError):
+        OffsetTracker(lookback=-1)

@@ -67,20 +67,23 @@ RULES = """\
 ## Rules the suite checks (and their limits)
 
 * **At least once, never lost.** A record is committed only when its pair's verdict (or its dead
-  letter) is acknowledged by the broker, and the commit point never splits a decided pair, so a
-  restarted or new owner rebuilds the join state by reading again. Consumers of `matches.out`
-  treat verdicts as upserts keyed by pair ID. Because the commit point never splits a pair, it
-  cannot pass a stretch where every pair overlaps the next one (both halves sent apart, as the
-  streams here do): it moves only where the stream leaves a gap, so a crash during a steady
-  interleaved stream replays more than the last commit interval (the `records_committed_at_kills`
-  and `re_emitted` figures show how much). One case stays outside the guarantee and is not
-  injected here: a duplicate or late half that arrives after its pair's first half was committed,
-  if it is read again after a crash, is taken for a new pair and ends `unpaired` (the memory of
-  decided pairs does not survive a crash; see `consumer/offsets.py`).
+  letter) is acknowledged by the broker, so a restarted or new owner rebuilds the join state by
+  reading again from the commit point. Consumers of `matches.out` treat verdicts as upserts keyed
+  by pair ID. The commit point may split a decided pair (first half before it, second half after)
+  when the first half lies at most `--lookback-records` (10,000) offsets below it: whoever gets
+  the partition reads those records again first, only to remember the pairs decided there, and a
+  second half read again is joined again with its remembered partner (an identical verdict, never
+  `unpaired`). Without that the commit point could not pass a stretch where every pair overlaps
+  the next one (both halves sent apart, as the streams here do) and a crash would replay far more
+  than the last commit interval (the `records_committed_at_kills` and `re_emitted` figures show
+  how far the commit point got). One case stays outside the guarantee and is not injected here: a
+  duplicate or late half whose pair's first half lies more than the read-back window below the
+  commit point is, if it is read again after a crash, taken for a new pair and ends `unpaired`
+  (see `consumer/offsets.py`).
 * **Rebalances.** On revocation the matcher drains and publishes what is joined, commits, and
   drops the pending halves of the revoked partitions. A partition the same matcher gets back (the
   eager protocol revokes everything, then assigns) is sought back to its commit point, so its
-  dropped halves are read again (`re-reading kept partitions from their commit points` in the log).
+  dropped halves are read again (`reading partitions again from (read-back start, commit point)` in the log).
 * **Bad input** never reaches the join: it is copied to `pairs.dlq` byte for byte with
   `dm-dlq-reason`, `dm-dlq-detail` and `dm-dlq-source`, and its offset counts as finished. A
   second copy of a pending half with other bytes is `conflicting_duplicate` (the first one read
