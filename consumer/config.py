@@ -34,6 +34,10 @@ class MatcherConfig(BaseModel):
     # the commit point are read again when a partition is assigned (consumer/offsets.py).
     lookback_records: int = Field(10_000, ge=0)
     model_poll_s: float = Field(10.0, gt=0)
+    # TensorFlow's CPU thread pools (0 = TensorFlow's default, one per core); see
+    # digitmatch.model.serving.set_cpu_threads and docs/benchmarks.md for why one intra-op thread.
+    intra_op_threads: int = Field(1, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9100, ge=0, le=65535)
     session_timeout_ms: int = Field(10_000, gt=0)
@@ -94,6 +98,11 @@ def add_matcher_options(parser: argparse.ArgumentParser) -> None:
                     "(0 = never split a pair: no read-back, but the commit point stalls while pairs overlap)")
     add_option(parser, "--model-poll-s", default=d["model_poll_s"].default, type=float,
                help="how often a versioned model root is checked for a new version")
+    add_option(parser, "--intra-op-threads", default=d["intra_op_threads"].default, type=int,
+               help="TensorFlow threads per operation on the CPU (0 = one per core; 1 is faster for this "
+                    "network's small operations)")
+    add_option(parser, "--inter-op-threads", default=d["inter_op_threads"].default, type=int,
+               help="TensorFlow operations run side by side on the CPU (0 = one per core)")
     add_option(parser, "--metrics-host", default=d["metrics_host"].default, help="address of /metrics /healthz /readyz")
     add_option(parser, "--metrics-port", default=d["metrics_port"].default, type=int,
                help="port of /metrics /healthz /readyz (0 = any free port, logged)")

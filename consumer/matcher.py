@@ -41,6 +41,7 @@ from digitmatch.consumer.inference import InferenceWorker, ModelManager, unpaire
 from digitmatch.consumer.join import HalfRecord, JoinedPair, JoinOutcome, JoinTable, digest
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.offsets import OffsetTracker
+from digitmatch.model.serving import set_cpu_threads
 from digitmatch.wire import InvalidMessage, Reason, Verdict, decode_half, verdict_key
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ class Matcher:
         finally:
             self._health_ready.set()
         try:
+            threads = set_cpu_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+            log.info("TensorFlow CPU threads: %s (0 = one per core)", threads)
             self.models.load()
             self.models.start_watching()
             self.worker = InferenceWorker(self.models, self.batches, self._on_scored, self.metrics).start()

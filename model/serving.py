@@ -9,6 +9,7 @@ version directory.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from digitmatch.features import FeatureParams, pad_batch
+
+log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 METADATA_FILE = "metadata.json"
@@ -63,6 +66,33 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
         raise ModelError(f"{meta_path} is missing") from None
     except json.JSONDecodeError as exc:
         raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
+
+
+def set_cpu_threads(intra_op: int = 0, inter_op: int = 0) -> dict[str, int]:
+    """Size TensorFlow's CPU thread pools; 0 keeps TensorFlow's choice (one thread per core).
+
+    *Intra-op* threads split one operation (a matrix product) across cores; *inter-op* threads run
+    independent operations (the audio and the image branch) side by side. This network's
+    operations are small (an LSTM step on a batch of 13 coefficients), so on a CPU one intra-op
+    thread serves batches faster than one per core: the work per op is too little to share out
+    (docs/benchmarks.md). The pools can only be sized before TensorFlow runs its first operation;
+    if it already has, the sizes it runs with are kept and logged. Returns the sizes in force."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    wanted = {"intra_op": intra_op, "inter_op": inter_op}
+    getters = {"intra_op": threading.get_intra_op_parallelism_threads,
+               "inter_op": threading.get_inter_op_parallelism_threads}
+    setters = {"intra_op": threading.set_intra_op_parallelism_threads,
+               "inter_op": threading.set_inter_op_parallelism_threads}
+    for name, value in wanted.items():
+        if value and getters[name]() != value:
+            try:
+                setters[name](value)
+            except RuntimeError:
+                log.warning("TensorFlow already started: keeping its %s threads at %s (wanted %d)",
+                            name.replace("_", "-"), getters[name]() or "its default", value)
+    return {name: getters[name]() for name in wanted}
 
 
 @dataclass

@@ -68,6 +68,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--sweep-delays-ms", default=",".join(f"{x:g}" for x in SWEEP_DELAYS_MS), type=_floats,
                help="max delays the sweep tries")
     add_option(parser, "--partitions", default=4, type=int, help="partitions of pairs.in and matches.out")
+    add_option(parser, "--intra-op-threads", default=d["intra_op_threads"].default, type=int,
+               help="TensorFlow threads per operation, for the model alone, the naive consumer and the matchers "
+                    "(0 = one per core)")
+    add_option(parser, "--inter-op-threads", default=d["inter_op_threads"].default, type=int,
+               help="TensorFlow operations run side by side, as above (0 = one per core)")
     add_switch(parser, "--keep-logs", help="keep the broker's and matchers' logs")
 
 
@@ -82,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan.from_args(args)
     started = time.monotonic()
     with BenchSession(model=args.model, data_dir=data_dir_arg(args.data), pool_pairs=args.pool_pairs,
-                      partitions=args.partitions, keep_logs=args.keep_logs) as session:  # fmt: skip
+                      partitions=args.partitions, keep_logs=args.keep_logs,
+                      threads=(args.intra_op_threads, args.inter_op_threads)) as session:  # fmt: skip
         results = run_plan(session, plan)
     results["seconds"] = round(time.monotonic() - started, 1)
     results["generated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

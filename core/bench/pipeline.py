@@ -83,7 +83,7 @@ class PipelineBench:
     """Matcher processes on ``broker``; :meth:`run` measures one load point."""
 
     def __init__(self, broker: EmbeddedBroker, pool: Callable[[], RecordPool], *, model: Path, log_dir: Path,
-                 partitions: int = 4):  # fmt: skip
+                 partitions: int = 4, matcher_defaults: dict | None = None):  # fmt: skip
         self.broker = broker
         self.pool = pool  # called when first needed: the pairs may still be being built
         self.model = model
@@ -91,6 +91,7 @@ class PipelineBench:
         self.partitions = partitions
         self.matchers: list[MatcherProcess] = []
         self.flags: dict = {}
+        self.matcher_defaults = dict(matcher_defaults or {})  # serve's options under every start's flags
         self._started = 0
         self._generation = 0
         self.input_topic = wire.TOPIC_PAIRS
@@ -126,7 +127,7 @@ class PipelineBench:
             m = MatcherProcess(
                 self.broker.bootstrap, log_path=self.log_dir / f"matcher-{self._started}.log", model=self.model,
                 group_id=self._group, input_topic=self.input_topic, output_topic=self._output_topic,
-                session_timeout_ms=6000, heartbeat_interval_ms=1000, **self.flags,
+                session_timeout_ms=6000, heartbeat_interval_ms=1000, **{**self.matcher_defaults, **self.flags},
             ).start()  # fmt: skip
             self.matchers.append(m)
         for m in self.matchers:
