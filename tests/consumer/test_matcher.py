@@ -335,6 +335,24 @@ def serve_flags(topics: Topics, model, group: str, **flags) -> dict:
 KILL_TTL_S = 4.0
 
 
+def _restart_and_check_every_pair(broker, start_matcher, flags, reader, pairs):
+    """Start a matcher after a crash; every pair gets verdicts built from its own halves, none
+    ``unpaired`` (halves read again after the restart must find their partners again, and a pair
+    the commit point split is joined again with its half read back), and a pair decided twice
+    (before and after the crash) is decided the same way. Returns (matcher, collected)."""
+    second = start_matcher(broker.bootstrap, ready=False, **flags)
+    got = reader.wait_for(lambda c: len(c.verdicts) == len(pairs), timeout_s=120)
+    assert len(got.verdicts) == len(pairs), second.log_tail()
+    got = reader.poll(KILL_TTL_S + 2)  # anything that should not come has had its chance
+    for p in pairs:
+        verdicts = got.verdicts[p.pair_id]
+        assert {v.outcome for v in verdicts} <= {"match", "no_match"}, p.pair_id
+        assert {(v.truth.spoken, v.truth.written) for v in verdicts} == {(p.spoken_digit, p.written_digit)}
+        assert len({decision(v)[:1] + decision(v)[2:] for v in verdicts}) == 1
+        assert max(v.score for v in verdicts) - min(v.score for v in verdicts) <= 1e-5
+    return second, got
+
+
 def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_matcher):
     topics = Topics.create(broker.connection, "kill")
     flags = serve_flags(topics, serving_model, "kill", join_ttl_s=KILL_TTL_S, max_batch_size=16)
@@ -352,18 +370,7 @@ def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_ma
                 assert first.kill() == -9
         before = len(reader.poll(0.5).verdicts)
         assert before < len(pairs)
-        second = start_matcher(broker.bootstrap, ready=False, **flags)
-        got = reader.wait_for(lambda c: len(c.verdicts) == len(pairs), timeout_s=120)
-        assert len(got.verdicts) == len(pairs), second.log_tail()
-        # halves read again after the restart must find their partners again: nothing may expire
-        # as "unpaired" (a pair the commit point splits is joined again with its half read back)
-        got = reader.poll(KILL_TTL_S + 2)
-        for p in pairs:
-            verdicts = got.verdicts[p.pair_id]
-            assert {(v.truth.spoken, v.truth.written) for v in verdicts} == {(p.spoken_digit, p.written_digit)}
-            # a pair decided twice (before and after the crash) is decided the same way
-            assert len({decision(v)[:1] + decision(v)[2:] for v in verdicts}) == 1
-            assert max(v.score for v in verdicts) - min(v.score for v in verdicts) <= 1e-5
+        _restart_and_check_every_pair(broker, start_matcher, flags, reader, pairs)
     finally:
         sender.close()
         reader.close()
@@ -403,16 +410,7 @@ def test_commit_point_moves_through_overlapping_pairs_and_a_restart_rejoins_spli
         assert committed >= 300
         assert first.kill() == -9
         sender.send_all(records[400:])
-        second = start_matcher(broker.bootstrap, ready=False, **flags)
-        got = reader.wait_for(lambda c: len(c.verdicts) == len(pairs), timeout_s=120)
-        assert len(got.verdicts) == len(pairs), second.log_tail()
-        got = reader.poll(KILL_TTL_S + 2)
-        for p in pairs:
-            verdicts = got.verdicts[p.pair_id]
-            # a split pair whose second half was read again is joined again, never "unpaired"
-            assert {v.outcome for v in verdicts} <= {"match", "no_match"}, p.pair_id
-            assert {(v.truth.spoken, v.truth.written) for v in verdicts} == {(p.spoken_digit, p.written_digit)}
-            assert len({decision(v)[:1] + decision(v)[2:] for v in verdicts}) == 1
+        second, got = _restart_and_check_every_pair(broker, start_matcher, flags, reader, pairs)
         assert not got.dead_letters
         # only pairs with a half at or past the commit point were decided again
         again = {pid for pid, v in got.verdicts.items() if len(v) > 1}
