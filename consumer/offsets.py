@@ -18,7 +18,7 @@ restart reads ``b`` again without ``a``. The matcher handles that by reading the
 records before the commit point again when it gets a partition (they rebuild its memory of decided
 pairs, see :meth:`digitmatch.consumer.join.JoinTable.restore`), so the commit point may split a
 decided pair as long as ``a >= c - lookback``; a pair spread wider than that holds the commit point
-at or before ``a`` until the commit point can pass both halves at once. With ``lookback=0`` the
+at most ``lookback`` past ``a`` until the commit point can pass both halves at once. With ``lookback=0`` the
 commit point never splits a pair, which in a stream where every pair overlaps the next (both
 halves sent apart) means it hardly ever moves. Duplicates and late halves of a pair extend its
 span the same way while its first half is still uncommitted.
