@@ -26,7 +26,7 @@ from digitmatch.consumer.join import HalfRecord, JoinedPair
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.features import pad_batch
 from digitmatch.model.serving import ModelError, ServingModel, is_version_dir, versions
-from digitmatch.wire import Half, Latencies, ModelRef, Timestamps, Truth, Verdict
+from digitmatch.wire import Half, Latencies, ModelRef, Timestamps, Truth, Verdict, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,6 @@ class ModelManager:
 # --------------------------------------------------------------------------- verdicts
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _truth(spoken: int | None, written: int | None) -> Truth | None:
     return None if spoken is None and written is None else Truth(spoken=spoken, written=written)
 
@@ -188,7 +184,7 @@ def pair_verdicts(
     inference_s: float,
 ) -> list[Verdict]:
     """One verdict per scored pair. ``started``: monotonic time the batch entered the model."""
-    decided_ms = _now_ms()
+    decided_ms = now_ms()
     threshold = model.threshold
     ref = ModelRef(name=model.name, version=model.version)
     scores = outputs["score"]
@@ -236,7 +232,7 @@ def pair_verdicts(
 
 def unpaired_verdict(half: HalfRecord, model: ServingModel) -> Verdict:
     """The verdict for a half whose partner never came (TTL, or evicted at the pending bound)."""
-    decided_ms = _now_ms()
+    decided_ms = now_ms()
     return Verdict(
         pair_id=half.pair_id,
         outcome="unpaired",

@@ -43,6 +43,7 @@ from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.offsets import OffsetTracker
 from digitmatch.model.serving import set_cpu_threads
 from digitmatch.wire import InvalidMessage, Reason, Verdict, decode_half, verdict_key
+from digitmatch.wire import now_ms as wall_ms
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ class Matcher:
             with self._lock:
                 if self._rewinds or self._unplaced:
                     records = self._reposition(records)
-                now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
+                now, now_ms = time.monotonic(), wall_ms()
                 for tp, batch in records.items():
                     if tp not in self.assigned:
                         continue  # revoked while these were in flight; the next owner reads them

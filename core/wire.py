@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from enum import Enum
 from typing import Literal, NamedTuple, Sequence
 
@@ -123,6 +124,11 @@ class DecodedHalf(NamedTuple):
 
 
 # --------------------------------------------------------------------------- encoding
+
+
+def now_ms() -> int:
+    """Wall clock in Unix epoch milliseconds, the unit of ``dm-produced-ms`` and of verdict timestamps."""
+    return time.time_ns() // 1_000_000
 
 
 def _headers(half: Half, shape: tuple[int, ...], digit: int | None, produced_ms: int | None):

@@ -79,20 +79,20 @@ def set_cpu_threads(intra_op: int = 0, inter_op: int = 0) -> dict[str, int]:
     if it already has, the sizes it runs with are kept and logged. Returns the sizes in force."""
     import tensorflow as tf
 
-    threading = tf.config.threading
-    wanted = {"intra_op": intra_op, "inter_op": inter_op}
-    getters = {"intra_op": threading.get_intra_op_parallelism_threads,
-               "inter_op": threading.get_inter_op_parallelism_threads}
-    setters = {"intra_op": threading.set_intra_op_parallelism_threads,
-               "inter_op": threading.set_inter_op_parallelism_threads}
-    for name, value in wanted.items():
-        if value and getters[name]() != value:
+    pools = tf.config.threading
+    sizes = {}
+    for name, wanted, get, set_ in (
+        ("intra_op", intra_op, pools.get_intra_op_parallelism_threads, pools.set_intra_op_parallelism_threads),
+        ("inter_op", inter_op, pools.get_inter_op_parallelism_threads, pools.set_inter_op_parallelism_threads),
+    ):
+        if wanted and get() != wanted:
             try:
-                setters[name](value)
+                set_(wanted)
             except RuntimeError:
                 log.warning("TensorFlow already started: keeping its %s threads at %s (wanted %d)",
-                            name.replace("_", "-"), getters[name]() or "its default", value)
-    return {name: getters[name]() for name in wanted}
+                            name.replace("_", "-"), get() or "its default", wanted)
+        sizes[name] = get()
+    return sizes
 
 
 @dataclass

@@ -9,7 +9,6 @@ halves land in the same partition), stamp ``dm-produced-ms`` and return kafka-py
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from kafka import KafkaProducer
@@ -18,10 +17,6 @@ from kafka.producer.future import FutureRecordMetadata
 from digitmatch import wire
 from digitmatch.features import DEFAULT_PARAMS, FeatureParams, mfcc
 from digitmatch.kafka.configuration import KafkaConnection
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def open_producer(conn: KafkaConnection, **overrides) -> KafkaProducer:
@@ -92,7 +87,7 @@ class SpokenProducer(_HalfProducer):
             frames = data
         else:
             raise ValueError(f"expected 1-D audio or (frames, 13) MFCC frames, got shape {data.shape}")
-        record = wire.encode_spoken(pair_id, frames, digit, now_ms() if produced_ms is None else produced_ms)
+        record = wire.encode_spoken(pair_id, frames, digit, wire.now_ms() if produced_ms is None else produced_ms)
         return self._send(record)
 
 
@@ -102,7 +97,7 @@ class WrittenProducer(_HalfProducer):
     def send(
         self, pair_id: str, image: np.ndarray, digit: int | None = None, *, produced_ms: int | None = None
     ) -> FutureRecordMetadata:
-        record = wire.encode_written(pair_id, image, digit, now_ms() if produced_ms is None else produced_ms)
+        record = wire.encode_written(pair_id, image, digit, wire.now_ms() if produced_ms is None else produced_ms)
         return self._send(record)
 
 

@@ -23,7 +23,7 @@ from digitmatch.consumer.join import HalfRecord, JoinedPair
 from digitmatch.kafka.admin import ensure_topics
 from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.model.serving import ServingModel
-from digitmatch.wire import Half, InvalidMessage, decode_half, verdict_key
+from digitmatch.wire import Half, InvalidMessage, decode_half, now_ms, verdict_key
 
 
 
@@ -103,7 +103,7 @@ def _consume(consumer: KafkaConsumer, producer: KafkaProducer, topic_out: str, m
                     continue
                 now = time.monotonic()
                 this = HalfRecord(tp.partition, record.offset, half.pair_id, half.half, half.array, b"", now,
-                                  time.time_ns() // 1_000_000, half.digit, half.produced_ms)  # fmt: skip
+                                  now_ms(), half.digit, half.produced_ms)  # fmt: skip
                 other = pending.pop(half.pair_id, None)
                 if other is None:
                     pending[half.pair_id] = this

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from kafka import KafkaProducer
 
 from digitmatch.bench.records import RecordPool, stamped
+from digitmatch.wire import now_ms
 
 
 @dataclass(frozen=True)
@@ -45,23 +46,23 @@ def send_open_loop(
     ids = pair_ids(run_id, n_pairs)
     failures = []
     t0 = time.monotonic()
-    started_ms = time.time_ns() // 1_000_000
+    started_ms = now_ms()
     i = 0
     while i < n_pairs:
         due = n_pairs if rate <= 0 else min(n_pairs, int((time.monotonic() - t0) * rate) + 1)
-        now_ms = time.time_ns() // 1_000_000
+        sent_ms = now_ms()
         while i < due:
             key = ids[i].encode("ascii")
             spoken, written = pool.halves(i)
             halves = (spoken, written) if i % 2 == 0 else (written, spoken)
             for half in halves:
-                future = producer.send(topic, key=key, value=half.value, headers=stamped(half, now_ms))
+                future = producer.send(topic, key=key, value=half.value, headers=stamped(half, sent_ms))
                 future.add_errback(failures.append)
             i += 1
         if i < n_pairs:
             wait = t0 + i / rate - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-    ended_ms = time.time_ns() // 1_000_000
+    ended_ms = now_ms()
     producer.flush()
-    return SentLoad(run_id, ids, rate, started_ms, ended_ms, time.time_ns() // 1_000_000, len(failures))
+    return SentLoad(run_id, ids, rate, started_ms, ended_ms, now_ms(), len(failures))

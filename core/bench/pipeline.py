@@ -167,9 +167,9 @@ class PipelineBench:
         run_id = new_run_id()
         before = [scrape(m.metrics_url) for m in self.matchers]
         cpu_before = [cpu_seconds(m.pid) for m in self.matchers]
-        t0, t0_ms = time.monotonic(), time.time_ns() // 1_000_000
+        t0, t0_ms = time.monotonic(), wire.now_ms()
         sent = send_open_loop(self.producer, self.input_topic, pool, run_id, n, rate)
-        elapsed, t1_ms = time.monotonic() - t0, time.time_ns() // 1_000_000
+        elapsed, t1_ms = time.monotonic() - t0, wire.now_ms()
         cpu_after = [cpu_seconds(m.pid) for m in self.matchers]
         deltas = [scrape(m.metrics_url) - b for m, b in zip(self.matchers, before)]
         verdicts = self.tap.collect(sent.pair_ids, timeout_s=drain_timeout_s + seconds)
@@ -242,7 +242,7 @@ class PipelineBench:
             sent = send_open_loop(self.producer, self.input_topic, pool, run_id, n_pairs, rate=0)
         finally:
             cpu_before = [cpu_seconds(m.pid) for m in self.matchers]
-            resumed_ms = time.time_ns() // 1_000_000
+            resumed_ms = wire.now_ms()
             for m in self.matchers:
                 os.kill(m.pid, signal.SIGCONT)
         verdicts = self.tap.collect(sent.pair_ids, timeout_s)

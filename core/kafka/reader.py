@@ -86,7 +86,7 @@ def read_verdicts(
     try:
         while not result.complete and time.monotonic() < deadline and not (stop and stop.is_set()):
             batches = consumer.poll(timeout_ms=200, max_records=10_000)
-            now_ms = time.time_ns() // 1_000_000
+            now_ms = wire.now_ms()
             for records in batches.values():
                 for record in records:
                     _take(result, record.value, wanted, now_ms)

@@ -44,14 +44,10 @@ class PairSpec:
     image: np.ndarray
 
     def spoken(self, produced_ms: int | None = None):
-        return wire.encode_spoken(self.pair_id, self.mfcc, self.spoken_digit, produced_ms or _now_ms())
+        return wire.encode_spoken(self.pair_id, self.mfcc, self.spoken_digit, produced_ms or wire.now_ms())
 
     def written(self, produced_ms: int | None = None):
-        return wire.encode_written(self.pair_id, self.image, self.written_digit, produced_ms or _now_ms())
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+        return wire.encode_written(self.pair_id, self.image, self.written_digit, produced_ms or wire.now_ms())
 
 
 def make_pairs(n: int, prefix: str = "pair", seed: int = 0) -> list[PairSpec]:
