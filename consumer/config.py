@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from digitmatch import wire
+from digitmatch.kafka.clients import CLIENT_LIBRARIES, ClientLibrary
 from digitmatch.kafka.configuration import KafkaConnection, add_connection_options
 from digitmatch.kafka.exceptions import InvalidConfiguration
 from digitmatch.model.serving import DEFAULT_MODEL_ROOT
@@ -19,6 +20,8 @@ class MatcherConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
     kafka: KafkaConnection = Field(default_factory=KafkaConnection)
+    # The Kafka client library (digitmatch.kafka.clients).
+    kafka_client: ClientLibrary = "librdkafka"
     group_id: str = Field("digitmatch-matcher", min_length=1)
     input_topic: str = wire.TOPIC_PAIRS
     output_topic: str = wire.TOPIC_MATCHES
@@ -74,6 +77,9 @@ class MatcherConfig(BaseModel):
 def add_matcher_options(parser: argparse.ArgumentParser) -> None:
     d = MatcherConfig.model_fields
     add_connection_options(parser)
+    add_option(parser, "--kafka-client", default=d["kafka_client"].default, choices=CLIENT_LIBRARIES,
+               help="Kafka client library: librdkafka (confluent-kafka: less CPU per pair, lower latency, "
+                    "see docs/benchmarks.md) or kafka-python (pure Python)")
     add_option(parser, "--group-id", default=d["group_id"].default, help="consumer group of the matchers")
     add_option(parser, "--input-topic", default=d["input_topic"].default, help="topic carrying the halves")
     add_option(parser, "--output-topic", default=d["output_topic"].default, help="topic the verdicts go to")

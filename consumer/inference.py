@@ -183,51 +183,51 @@ def pair_verdicts(
     started: float,
     inference_s: float,
 ) -> list[Verdict]:
-    """One verdict per scored pair. ``started``: monotonic time the batch entered the model."""
+    """One verdict per scored pair. ``started``: monotonic time the batch entered the model.
+    (Scores and predicted digits are read from the arrays once per batch, not per pair.)"""
     decided_ms = now_ms()
     threshold = model.threshold
     ref = ModelRef(name=model.name, version=model.version)
-    scores = outputs["score"]
-    spoken_pred = outputs.get("spoken_digit_probs")
-    written_pred = outputs.get("written_digit_probs")
+    scores = [round(score, SCORE_DECIMALS) for score in outputs["score"].tolist()]
+    spoken_pred = _argmax_rows(outputs.get("spoken_digit_probs"), len(pairs))
+    written_pred = _argmax_rows(outputs.get("written_digit_probs"), len(pairs))
+    has_predictions = "spoken_digit_probs" in outputs or "written_digit_probs" in outputs
+    inference_ms = inference_s * 1000
     verdicts = []
     for i, pair in enumerate(pairs):
-        score = round(float(scores[i]), SCORE_DECIMALS)
+        score = scores[i]
         match = score >= threshold
-        truth = _truth(pair.spoken.digit, pair.written.digit)
+        spoken_digit, written_digit = pair.spoken.digit, pair.written.digit
         correct = None
-        if pair.spoken.digit is not None and pair.written.digit is not None:
-            correct = match == (pair.spoken.digit == pair.written.digit)
-        predicted = None
-        if spoken_pred is not None or written_pred is not None:
-            predicted = Truth(
-                spoken=None if spoken_pred is None else int(np.argmax(spoken_pred[i])),
-                written=None if written_pred is None else int(np.argmax(written_pred[i])),
-            )
+        if spoken_digit is not None and written_digit is not None:
+            correct = match == (spoken_digit == written_digit)
         produced = _produced_ms(pair.spoken, pair.written)
         first, second = pair.first, pair.second
-        verdicts.append(
-            Verdict(
-                pair_id=pair.pair_id,
-                outcome="match" if match else "no_match",
-                score=score,
-                threshold=threshold,
-                model=ref,
-                predicted=predicted,
-                truth=truth,
-                correct=correct,
-                timestamps=Timestamps(
-                    produced_ms=produced, first_seen_ms=first.seen_ms, joined_ms=second.seen_ms, decided_ms=decided_ms
-                ),
-                latency_ms=Latencies(
-                    join_wait=(second.seen - first.seen) * 1000,
-                    queue_wait=max(0.0, started - pair.joined) * 1000,
-                    inference=inference_s * 1000,
-                    end_to_end=None if produced is None else max(0, decided_ms - produced),
-                ),
-            )
-        )
+        verdicts.append(Verdict(
+            pair_id=pair.pair_id,
+            outcome="match" if match else "no_match",
+            score=score,
+            threshold=threshold,
+            model=ref,
+            predicted=Truth(spoken=spoken_pred[i], written=written_pred[i]) if has_predictions else None,
+            truth=_truth(spoken_digit, written_digit),
+            correct=correct,
+            timestamps=Timestamps(
+                produced_ms=produced, first_seen_ms=first.seen_ms, joined_ms=second.seen_ms, decided_ms=decided_ms
+            ),
+            latency_ms=Latencies(
+                join_wait=(second.seen - first.seen) * 1000,
+                queue_wait=max(0.0, started - pair.joined) * 1000,
+                inference=inference_ms,
+                end_to_end=None if produced is None else max(0, decided_ms - produced),
+            ),
+        ))
     return verdicts
+
+
+def _argmax_rows(probs: np.ndarray | None, n: int) -> list[int | None]:
+    """The predicted digit of each row, or None for each pair when the model has no such head."""
+    return [None] * n if probs is None else probs.argmax(axis=1).tolist()
 
 
 def unpaired_verdict(half: HalfRecord, model: ServingModel) -> Verdict:

@@ -41,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from digitmatch.bench.pipeline import LOADS
     from digitmatch.bench.sweep import SWEEP_BATCH_SIZES, SWEEP_DELAYS_MS
     from digitmatch.consumer.config import MatcherConfig
+    from digitmatch.kafka.clients import CLIENT_LIBRARIES
     from digitmatch.model.serving import DEFAULT_MODEL_ROOT
 
     d = MatcherConfig.model_fields
@@ -73,6 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     "(0 = one per core)")
     add_option(parser, "--inter-op-threads", default=d["inter_op_threads"].default, type=int,
                help="TensorFlow operations run side by side, as above (0 = one per core)")
+    add_option(parser, "--kafka-client", default=d["kafka_client"].default, choices=CLIENT_LIBRARIES,
+               help="the matchers' Kafka client library (the naive baseline and the load generator use kafka-python)")
     add_switch(parser, "--keep-logs", help="keep the broker's and matchers' logs")
 
 
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with BenchSession(model=args.model, data_dir=data_dir_arg(args.data), pool_pairs=args.pool_pairs,
                       partitions=args.partitions, keep_logs=args.keep_logs,
-                      threads=(args.intra_op_threads, args.inter_op_threads)) as session:  # fmt: skip
+                      threads=(args.intra_op_threads, args.inter_op_threads),
+                      kafka_client=args.kafka_client) as session:  # fmt: skip
         results = run_plan(session, plan)
     results["seconds"] = round(time.monotonic() - started, 1)
     results["generated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

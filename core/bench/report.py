@@ -129,7 +129,8 @@ def results_markdown(r: dict) -> str:
         "",
         f"Measured {r.get('generated', '?')} by `digitmatch bench {r['mode']}{' --quick' if r['quick'] else ''}` "
         f"in {r.get('seconds', '?')} s on {m.get('cpus')} × {m.get('cpu_model', '?')}, {m.get('memory_gib', '?')} GiB, "
-        f"{m.get('platform', '')}, Python {m.get('python', '')}; model {r['model']['model']} on {r['model']['device']}. "
+        f"{m.get('platform', '')}, Python {m.get('python', '')}; model {r['model']['model']} on {r['model']['device']}; "
+        f"matchers on the {r.get('matcher_kafka_client', 'kafka-python')} Kafka client. "
         f"Load average when the run started: {m.get('load_average_at_start')} "
         f"(anything near or above {m.get('cpus')} means other work shared the CPUs). "
         f"Raw results: [`{JSON_NAME}`]({JSON_NAME}).",

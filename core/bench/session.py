@@ -19,13 +19,16 @@ log = logging.getLogger(__name__)
 
 class BenchSession:
     def __init__(self, *, model: Path, data_dir: Path | None, pool_pairs: int, partitions: int = 4,
-                 keep_logs: bool = False, threads: tuple[int, int] = (1, 0)):  # fmt: skip
+                 keep_logs: bool = False, threads: tuple[int, int] = (1, 0),
+                 kafka_client: str = "librdkafka"):  # fmt: skip
         """``threads``: TensorFlow's (intra-op, inter-op) CPU threads in this process (model alone,
-        naive consumer) and in the matchers it starts, so that all of them run the model alike."""
+        naive consumer) and in the matchers it starts, so that all of them run the model alike.
+        ``kafka_client``: the matchers' Kafka client library."""
         from digitmatch.model.serving import set_cpu_threads
 
         self.threads = set_cpu_threads(*threads)
-        self.matcher_threads = {"intra_op_threads": threads[0], "inter_op_threads": threads[1]}
+        self.matcher_defaults = {"intra_op_threads": threads[0], "inter_op_threads": threads[1],
+                                 "kafka_client": kafka_client}
         self.model_path = Path(model)
         self.data_dir = data_dir
         self.pool_pairs = pool_pairs
@@ -68,7 +71,7 @@ class BenchSession:
     def pipeline(self) -> PipelineBench:
         if self._pipeline is None:
             self._pipeline = PipelineBench(self.broker, lambda: self.pool, model=self.model_path, log_dir=self.log_dir,
-                                           partitions=self.partitions, matcher_defaults=self.matcher_threads)
+                                           partitions=self.partitions, matcher_defaults=self.matcher_defaults)
         return self._pipeline
 
     def close(self) -> None:

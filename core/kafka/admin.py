@@ -21,7 +21,7 @@ def _admin(conn: KafkaConnection, timeout_s: float) -> KafkaAdminClient:
     return KafkaAdminClient(**conn.admin_kwargs(bootstrap_timeout_ms=ms))
 
 
-def _reachable(conn: KafkaConnection, timeout_s: float) -> OSError | None:
+def reachable(conn: KafkaConnection, timeout_s: float) -> OSError | None:
     """None if a TCP connection to one of the bootstrap servers opens, else the last error.
     Checked before any Kafka client exists, so a broker that is still starting causes no
     client error logs."""
@@ -54,7 +54,7 @@ def wait_for_broker(
     while True:
         attempts += 1
         remaining = deadline - time.monotonic()
-        last = _reachable(conn, min(max(remaining, 0.1), 2.0))
+        last = reachable(conn, min(max(remaining, 0.1), 2.0))
         if last is None:
             try:
                 admin = _admin(conn, min(max(remaining, 0.1), 2.0))

@@ -167,5 +167,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def quiet_client_logs(level: int = logging.WARNING) -> None:
-    """kafka-python logs every connection at INFO; keep our own INFO logs readable."""
-    logging.getLogger("kafka").setLevel(level)
+    """kafka-python logs every connection at INFO (librdkafka's logs go to a logger of their own,
+    see digitmatch.kafka.librdkafka); keep our own INFO logs readable."""
+    from digitmatch.kafka.librdkafka import CLIENT_LOGGER
+
+    for name in ("kafka", CLIENT_LOGGER):
+        logging.getLogger(name).setLevel(level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,22 @@ from digitmatch.kafka.admin import ensure_topics
 from digitmatch.kafka.configuration import KafkaConnection
 
 _counter = itertools.count()
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ (\S+): ", re.M)
+
+
+def own_tracebacks(log: str) -> list[str]:
+    """The records of a ``digitmatch serve`` log that carry a traceback, except those logged by
+    kafka-python itself (it logs a connection the broker reset with its traceback, and carries on)."""
+    records = list(_LOG_RECORD.finditer(log))
+    head = log[: records[0].start() if records else len(log)]
+    found = [head] if "Traceback" in head else []
+    for record, following in zip(records, records[1:] + [None]):
+        text = log[record.start(): following.start() if following else len(log)]
+        if "Traceback" in text and not record.group(1).startswith("kafka."):
+            found.append(text)
+    return found
 
 
 @dataclass(frozen=True)

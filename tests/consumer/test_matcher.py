@@ -16,6 +16,7 @@ from matcher_harness import (
     http_get,
     make_pairs,
     metric_value,
+    own_tracebacks,
     readyz,
 )
 
@@ -24,16 +25,30 @@ from digitmatch.broker import EmbeddedBroker, free_port
 from digitmatch.consumer.config import MatcherConfig
 from digitmatch.consumer.matcher import Matcher
 from digitmatch.kafka.admin import ensure_topics
+from digitmatch.kafka.clients import CLIENT_LIBRARIES
 
 pytestmark = pytest.mark.slow
 
 TEST_GROUP_TIMING = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
-def matcher_config(broker, topics: Topics, model, group: str, **overrides) -> MatcherConfig:
+@pytest.fixture(scope="module", params=CLIENT_LIBRARIES)
+def kafka_client(request) -> str:
+    """Every test here runs on each Kafka client library the matcher supports."""
+    return request.param
+
+
+def group_id(name: str, client: str) -> str:
+    """A consumer group per test and client: a group is never shared by the two runs of a test
+    (Tansu keeps members that left a group until a later join times out)."""
+    return f"{name}.{client}"
+
+
+def matcher_config(broker, topics: Topics, model, group: str, client: str, **overrides) -> MatcherConfig:
     settings = {
         "kafka": broker.connection,
-        "group_id": group,
+        "kafka_client": client,
+        "group_id": group_id(group, client),
         "input_topic": topics.input,
         "output_topic": topics.output,
         "dlq_topic": topics.dlq,
@@ -51,6 +66,18 @@ def start_matcher_in_process(config: MatcherConfig, timeout_s: float = 60) -> Ma
     matcher = Matcher(config).start()
     assert matcher.wait_ready(timeout_s), f"matcher not ready: {matcher.readiness()} {matcher.error!r}"
     return matcher
+
+
+def test_own_tracebacks_leaves_out_only_the_kafka_librarys_own():
+    log = ("2026-11-26 05:00:00,001 INFO digitmatch.consumer.matcher: connected\n"
+           "2026-11-26 05:00:01,002 ERROR kafka.net.transport: Error receiving network data closing socket\n"
+           "Traceback (most recent call last):\nConnectionResetError: [Errno 104]\n"
+           "2026-11-26 05:00:02,003 ERROR digitmatch.consumer.matcher: matcher stopped with an error\n"
+           "Traceback (most recent call last):\nRuntimeError: boom\n")
+    (found,) = own_tracebacks(log)
+    assert "RuntimeError: boom" in found and "ConnectionResetError" not in found
+    assert own_tracebacks("Traceback (most recent call last):\nImportError: x\n")
+    assert not own_tracebacks(log.split("2026-11-26 05:00:02")[0])
 
 
 # --------------------------------------------------------------------------- one mixed stream
@@ -76,11 +103,11 @@ def malformed_records():
 
 
 @pytest.fixture(scope="module")
-def scenario(broker, serving_model):
+def scenario(broker, serving_model, kafka_client):
     """One matcher, one stream with every situation: pairs in reverse order and far apart,
     duplicates, a conflicting duplicate, halves without a partner, a late partner, malformed records."""
     topics = Topics.create(broker.connection, "scenario")
-    config = matcher_config(broker, topics, serving_model, "scenario", join_ttl_s=TTL_S,
+    config = matcher_config(broker, topics, serving_model, "scenario", kafka_client, join_ttl_s=TTL_S,
                             max_batch_size=32, max_delay_ms=20)
     matcher = start_matcher_in_process(config)
     sender = Sender(broker.connection, topics.input)
@@ -257,16 +284,18 @@ def test_health_and_readiness(scenario):
 # --------------------------------------------------------------------------- groups, crashes, shutdown
 
 
-def test_two_matchers_share_the_partitions(broker, serving_model):
+def test_two_matchers_share_the_partitions(broker, serving_model, kafka_client):
     topics = Topics.create(broker.connection, "two")
     # a tiny inference queue also exercises pausing the partitions for back-pressure
-    a = start_matcher_in_process(matcher_config(broker, topics, serving_model, "two", max_batch_size=4,
-                                     max_queued_batches=1))
-    b = Matcher(matcher_config(broker, topics, serving_model, "two", max_batch_size=4,
+    a = Matcher(matcher_config(broker, topics, serving_model, "two", kafka_client, max_batch_size=4,
                                max_queued_batches=1)).start()
+    b = None
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
     try:
+        assert a.wait_ready(60), f"matcher not ready: {a.readiness()} {a.error!r}"
+        b = Matcher(matcher_config(broker, topics, serving_model, "two", kafka_client, max_batch_size=4,
+                                   max_queued_batches=1)).start()
         deadline = time.monotonic() + 60
         while not (a.assigned and b.assigned and a.is_ready() and b.is_ready()) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -284,15 +313,16 @@ def test_two_matchers_share_the_partitions(broker, serving_model):
     finally:
         sender.close()
         reader.close()
-        b.stop()
+        if b is not None:
+            b.stop()
         a.stop()
 
 
-def test_back_pressure_pauses_the_partitions_and_resumes_them(broker, serving_model):
+def test_back_pressure_pauses_the_partitions_and_resumes_them(broker, serving_model, kafka_client):
     """Batches of one and room for one queued batch: reading outruns the model, so the matcher must
     pause its partitions (instead of blocking the poll loop) and resume them when there is room."""
     topics = Topics.create(broker.connection, "pressure", partitions=2)
-    matcher = start_matcher_in_process(matcher_config(broker, topics, serving_model, "pressure",
+    matcher = start_matcher_in_process(matcher_config(broker, topics, serving_model, "pressure", kafka_client,
                                                       max_batch_size=1, max_queued_batches=1))
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
@@ -326,9 +356,9 @@ def test_back_pressure_pauses_the_partitions_and_resumes_them(broker, serving_mo
         matcher.stop()
 
 
-def serve_flags(topics: Topics, model, group: str, **flags) -> dict:
+def serve_flags(topics: Topics, model, group: str, client: str, **flags) -> dict:
     """Flags of ``digitmatch serve`` (Python spelling) for the conftest's ``start_matcher``."""
-    return {"group_id": group, "model": model, "input_topic": topics.input, "output_topic": topics.output,
+    return {"group_id": group_id(group, client), "kafka_client": client, "model": model, "input_topic": topics.input, "output_topic": topics.output,
             "dlq_topic": topics.dlq, **TEST_GROUP_TIMING, **flags}
 
 
@@ -353,9 +383,9 @@ def _restart_and_check_every_pair(broker, start_matcher, flags, reader, pairs):
     return second, got
 
 
-def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_matcher):
+def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_matcher, kafka_client):
     topics = Topics.create(broker.connection, "kill")
-    flags = serve_flags(topics, serving_model, "kill", join_ttl_s=KILL_TTL_S, max_batch_size=16)
+    flags = serve_flags(topics, serving_model, "kill", kafka_client, join_ttl_s=KILL_TTL_S, max_batch_size=16)
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
     pairs = make_pairs(400, "kill")
@@ -388,13 +418,13 @@ def _overlapping(pairs, gap: int = 3) -> list:
 
 
 def test_commit_point_moves_through_overlapping_pairs_and_a_restart_rejoins_split_pairs(
-        broker, serving_model, start_matcher):
+        broker, serving_model, start_matcher, kafka_client):
     topics = Topics.create(broker.connection, "overlap", partitions=1)
-    flags = serve_flags(topics, serving_model, "overlap", join_ttl_s=KILL_TTL_S, max_batch_size=16,
+    flags = serve_flags(topics, serving_model, "overlap", kafka_client, join_ttl_s=KILL_TTL_S, max_batch_size=16,
                         commit_interval_ms=200, lookback_records=100)
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
-    check = KafkaConsumer(**broker.connection.consumer_kwargs("overlap"))
+    check = KafkaConsumer(**broker.connection.consumer_kwargs(group_id("overlap", kafka_client)))
     tp = TopicPartition(topics.input, 0)
     pairs = make_pairs(300, "overlap")
     records = _overlapping(pairs)
@@ -416,16 +446,17 @@ def test_commit_point_moves_through_overlapping_pairs_and_a_restart_rejoins_spli
         again = {pid for pid, v in got.verdicts.items() if len(v) > 1}
         assert len(again) <= (len(records) - committed) // 2 + 3
         log = second.log_tail(20_000)
-        assert "read back" in log and "Traceback" not in log
+        assert "read back" in log and not own_tracebacks(log)
     finally:
         check.close()
         sender.close()
         reader.close()
 
 
-def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, serving_model, start_matcher):
+def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, serving_model, start_matcher,
+                                                                   kafka_client):
     topics = Topics.create(broker.connection, "term", partitions=2)
-    flags = serve_flags(topics, serving_model, "term", join_ttl_s=300,
+    flags = serve_flags(topics, serving_model, "term", kafka_client, join_ttl_s=300,
                         commit_interval_ms=60000)  # only the shutdown commits
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
@@ -447,14 +478,15 @@ def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, servi
         assert pending() == 1
         assert process.stop() == 0, process.log_tail()
         log = process.log_tail(20_000)
-        assert "shutting down" in log and "matcher stopped" in log and "Traceback" not in log
+        assert "shutting down" in log and "matcher stopped" in log and not own_tracebacks(log)
 
-        check = KafkaConsumer(**broker.connection.consumer_kwargs("term"))
+        check = KafkaConsumer(**broker.connection.consumer_kwargs(group_id("term", kafka_client)))
         committed = {p: check.committed(TopicPartition(topics.input, p)) for p in range(2)}
         check.close()
         assert sum(committed.values()) == 2 * len(pairs)  # everything but the held half
 
-        restarted = start_matcher_in_process(matcher_config(broker, topics, serving_model, "term", join_ttl_s=300))
+        restarted = start_matcher_in_process(matcher_config(broker, topics, serving_model, "term", kafka_client,
+                                                                  join_ttl_s=300))
         time.sleep(2.0)
         again = reader.poll(0.5)
         assert all(len(v) == 1 for v in again.verdicts.values()), "finished pairs were decided again"
@@ -472,12 +504,13 @@ def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, servi
             restarted.stop()
 
 
-def test_new_model_version_is_hot_swapped_between_batches(broker, tiny_model_dir, publish_version, tmp_path):
+def test_new_model_version_is_hot_swapped_between_batches(broker, tiny_model_dir, publish_version, tmp_path,
+                                                          kafka_client):
     topics = Topics.create(broker.connection, "swap", partitions=1)
     root = tmp_path / "models"
     root.mkdir()
     publish_version(tiny_model_dir, root, 1)
-    matcher = start_matcher_in_process(matcher_config(broker, topics, root, "swap", model_poll_s=0.2))
+    matcher = start_matcher_in_process(matcher_config(broker, topics, root, "swap", kafka_client, model_poll_s=0.2))
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
     try:
@@ -503,13 +536,13 @@ def test_new_model_version_is_hot_swapped_between_batches(broker, tiny_model_dir
         matcher.stop()
 
 
-def test_waits_for_a_broker_that_is_not_there_yet(tiny_model_dir, tmp_path):
+def test_waits_for_a_broker_that_is_not_there_yet(tiny_model_dir, tmp_path, kafka_client):
     port = free_port()
     broker = EmbeddedBroker(port, log_path=tmp_path / "late-broker.log")
-    topics = Topics("late.pairs.in", "late.matches.out", "late.pairs.dlq")
+    topics = Topics(f"late-{kafka_client}.pairs.in", f"late-{kafka_client}.matches.out", f"late-{kafka_client}.pairs.dlq")
     config = MatcherConfig(
         kafka=broker.connection.model_copy(update={"bootstrap_servers": f"127.0.0.1:{port}"}),
-        group_id="late", input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
+        kafka_client=kafka_client, group_id="late", input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
         model=tiny_model_dir, metrics_host="127.0.0.1", metrics_port=0, **TEST_GROUP_TIMING,
     )
     matcher = Matcher(config).start()

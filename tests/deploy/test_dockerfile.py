@@ -127,7 +127,7 @@ def test_gpu_requirements_swap_tensorflow():
     assert "tensorflow-cpu" not in names
     assert names.count("tensorflow") == 1
     assert any(r.startswith("tensorflow[and-cuda]") for r in reqs)
-    assert "prometheus-client" in names and "kafka-python" in names
+    assert "prometheus-client" in names and "kafka-python" in names and "confluent-kafka" in names
 
 
 def test_requirements_script_errors(tmp_path):

@@ -60,7 +60,10 @@ How to read the figures:
   0.1-0.5 s) of any matcher process; **peak RSS**: highest `VmHWM` in `/proc/<pid>/status` of any
   matcher process.
 * Matcher processes run with `--session-timeout-ms 6000 --heartbeat-interval-ms 1000
-  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout).
+  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on the
+  default Kafka client, librdkafka (`DIGITMATCH_KAFKA_CLIENT=kafka-python make reliability` runs
+  the suite on the other one; `tests/consumer/test_matcher.py` runs its crash, restart,
+  rebalance and back-pressure tests on both in every test run).
 """
 
 RULES = """\
@@ -95,8 +98,9 @@ RULES = """\
   `core/ consumer/ producer/ model/` (AST scan); the value size is checked before the key, the
   headers or any array (a header declaring 10^12 frames allocates under 64 KiB); `/metrics`,
   `/healthz`, `/readyz` bind to `--metrics-host` / `DIGITMATCH_METRICS_HOST`; the SASL/TLS options
-  reach the producer, consumer and admin clients under kafka-python's own names; the image runs
-  as uid 10001.
+  reach the producer, consumer and admin clients under kafka-python's own names (and the
+  matcher's librdkafka clients under librdkafka's, `tests/kafka/test_librdkafka.py`); the image
+  runs as uid 10001.
 """
 
 

@@ -1,0 +1,340 @@
+"""The matcher's Kafka clients on librdkafka (``confluent-kafka``), behind the part of
+kafka-python's interface the matcher uses, so one poll loop runs on either client.
+
+Why librdkafka, the matcher's default client: kafka-python parses record batches and builds
+produce requests in Python, which on the matcher cost about as much CPU per pair as the model;
+librdkafka does that work in C, on its own threads, without holding the GIL (a quarter less CPU
+per pair, docs/benchmarks.md). kafka-python stays the other choice (``--kafka-client``).
+
+What differs from kafka-python, and how it is bridged here:
+
+* Rebalance callbacks run on the thread that polls, inside :meth:`LibrdkafkaConsumer.poll`, so
+  the listener may commit synchronously. A new assignment is applied *before* the listener is
+  told, so it can pause or seek the partitions it is given.
+* Records come as one list; :meth:`~LibrdkafkaConsumer.poll` groups them per partition, as
+  kafka-python does, with kafka-python's :class:`~kafka.structs.TopicPartition` as keys, and
+  returns as soon as any record is there (librdkafka's ``consume`` waits for a full batch).
+* Delivery reports are served by a thread that polls the producer; each one completes the
+  :class:`Delivery` future :meth:`~LibrdkafkaProducer.send` returned.
+* Creating a librdkafka client does not contact the cluster; the constructors open a TCP
+  connection and ask for metadata once, so a missing broker raises :class:`ClientError` there, as
+  it does with kafka-python.
+* The partitioner is ``murmur2_random``: keyed records land in the partitions the Java client
+  and kafka-python pick for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, NamedTuple
+
+import confluent_kafka
+from kafka.structs import TopicPartition
+
+from digitmatch.kafka.admin import reachable
+from digitmatch.kafka.configuration import KafkaConnection
+
+log = logging.getLogger(__name__)
+# librdkafka's own log lines (connection failures, ...) go to Python logging under this name
+# instead of straight to stderr; quiet_client_logs() raises its level with kafka-python's.
+CLIENT_LOGGER = "digitmatch.kafka.librdkafka.client"
+
+METADATA_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+PRODUCER_POLL_S = 0.05
+
+
+class ClientError(Exception):
+    """A librdkafka error, raised or reported to a delivery callback (like kafka-python's KafkaError)."""
+
+    def __init__(self, error: Any):
+        super().__init__(str(error))
+        self.error = error
+
+
+def common_config(conn: KafkaConnection) -> dict[str, Any]:
+    """librdkafka's names for the connection settings (servers, identity, security)."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": conn.bootstrap_servers,
+        "client.id": conn.client_id,
+        "security.protocol": conn.security_protocol,
+        "socket.timeout.ms": conn.request_timeout_ms,
+        "logger": logging.getLogger(CLIENT_LOGGER),
+    }
+    if conn.sasl_mechanism:
+        config["sasl.mechanism"] = conn.sasl_mechanism
+        config["sasl.username"] = conn.sasl_username
+        config["sasl.password"] = conn.sasl_password.get_secret_value() if conn.sasl_password else None
+    for name, key in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
+                      ("ssl_keyfile", "ssl.key.location")):
+        value = getattr(conn, name)
+        if value is not None:
+            config[key] = str(value)
+    return config
+
+
+def _check_reachable(client, conn: KafkaConnection) -> None:
+    """Fail fast, as kafka-python does, when no broker is there: a TCP connection first (refused
+    at once when nothing listens), then one metadata request."""
+    error = reachable(conn, CONNECT_TIMEOUT_S)
+    if error is not None:
+        raise ClientError(f"no broker reachable at {conn.bootstrap_servers}: {error}")
+    try:
+        client.list_topics(timeout=conn.request_timeout_ms / 1000)
+    except confluent_kafka.KafkaException as exc:
+        raise ClientError(exc.args[0] if exc.args else exc) from None
+
+
+class _Closed:
+    """Stands in for a released librdkafka handle: any use raises :class:`ClientError`."""
+
+    def __getattr__(self, name: str):
+        raise ClientError("client closed")
+
+
+class Record(NamedTuple):
+    """The fields of kafka-python's ConsumerRecord the matcher reads."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class LibrdkafkaConsumer:
+    """A group consumer with explicit commits, starting from the earliest offset of a new group."""
+
+    def __init__(self, conn: KafkaConnection, group_id: str, *, session_timeout_ms: int,
+                 heartbeat_interval_ms: int, fetch_max_wait_ms: int):  # fmt: skip
+        self._consumer = confluent_kafka.Consumer(common_config(conn) | {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": heartbeat_interval_ms,
+            "fetch.wait.max.ms": fetch_max_wait_ms,
+            "enable.partition.eof": False,
+        })
+        try:
+            _check_reachable(self._consumer, conn)
+        except ClientError:
+            self._consumer.close()
+            self._consumer = _Closed()
+            raise
+        self._paused: set[TopicPartition] = set()
+        self._partitions: dict[tuple[str, int], TopicPartition] = {}
+        self._listener = None
+
+    # ---------------------------------------------------------------- group membership
+
+    def subscribe(self, topics: list[str], listener=None) -> None:
+        self._listener = listener
+        self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
+                                 on_lost=self._lost)
+
+    def _tps(self, partitions) -> list[TopicPartition]:
+        return [self._tp(p.topic, p.partition) for p in partitions]
+
+    def _assigned(self, consumer, partitions) -> None:
+        consumer.assign(partitions)  # first, so that the listener can pause or seek them
+        if self._listener is not None:
+            self._listener.on_partitions_assigned(self._tps(partitions))
+
+    def _revoked(self, consumer, partitions) -> None:
+        tps = self._tps(partitions)
+        if self._listener is not None:
+            self._listener.on_partitions_revoked(tps)
+        self._paused.difference_update(tps)
+
+    def _lost(self, consumer, partitions) -> None:
+        tps = self._tps(partitions)
+        if self._listener is not None:
+            self._listener.on_partitions_lost(tps)
+        self._paused.difference_update(tps)
+
+    # ---------------------------------------------------------------- records
+
+    def _tp(self, topic: str, partition: int) -> TopicPartition:
+        tp = self._partitions.get((topic, partition))
+        if tp is None:
+            tp = self._partitions[(topic, partition)] = TopicPartition(topic, partition)
+        return tp
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+        """Up to ``max_records`` records, grouped per partition in offset order. Transient errors
+        (a broker unreachable for a while) are logged and retried by librdkafka; fatal ones raise."""
+        # Like kafka-python, return as soon as anything is there: librdkafka's consume() waits
+        # until it has max_records or the timeout has passed, which under a light load would add
+        # the whole timeout to every record's latency.
+        messages = self._consumer.consume(max_records, 0)
+        if not messages and timeout_ms > 0:
+            first = self._consumer.poll(timeout_ms / 1000)
+            if first is not None:
+                messages = [first] + (self._consumer.consume(max_records - 1, 0) if max_records > 1 else [])
+        records: dict[TopicPartition, list[Record]] = {}
+        last = current = None
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise ClientError(error)
+                log.warning("consumer: %s", error)
+                continue
+            key = (message.topic(), message.partition())
+            if key != last:
+                last = key
+                current = records.get(self._tp(*key))
+                if current is None:
+                    current = records[self._tp(*key)] = []
+            current.append(Record(message.offset(), message.key(), message.value(), message.headers() or []))
+        return records
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(confluent_kafka.TopicPartition(tp.topic, tp.partition, offset))
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._consumer.pause([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        self._paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._consumer.resume([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        self._paused.difference_update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    # ---------------------------------------------------------------- offsets, metadata
+
+    def commit(self, offsets: dict) -> None:
+        """Synchronous commit of ``{TopicPartition: OffsetAndMetadata}``."""
+        partitions = [confluent_kafka.TopicPartition(tp.topic, tp.partition, meta.offset) for tp, meta in offsets.items()]
+        try:
+            result = self._consumer.commit(offsets=partitions, asynchronous=False)
+        except confluent_kafka.KafkaException as exc:
+            raise ClientError(exc.args[0] if exc.args else exc) from None
+        failed = [p for p in result or () if p.error is not None]
+        if failed:
+            raise ClientError(failed[0].error)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's end offset as of the last fetch response (None before one)."""
+        _, high = self._consumer.get_watermark_offsets(confluent_kafka.TopicPartition(tp.topic, tp.partition),
+                                                       cached=True)
+        return high if high >= 0 else None
+
+    def position(self, tp: TopicPartition, timeout_ms: int = 0) -> int | None:
+        (found,) = self._consumer.position([confluent_kafka.TopicPartition(tp.topic, tp.partition)])
+        return found.offset if found.offset >= 0 else None
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        metadata = self._consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            return None
+        return set(found.partitions)
+
+    def close(self, autocommit: bool = False) -> None:
+        """Leave the group (the revocation reaches the listener first), then release the client.
+        Never commits by itself."""
+        if isinstance(self._consumer, _Closed):
+            return
+        try:
+            self._consumer.close()
+        finally:
+            self._consumer = _Closed()
+
+
+class Delivery:
+    """What :meth:`LibrdkafkaProducer.send` returns: kafka-python's future, reduced to callbacks."""
+
+    __slots__ = ("_callbacks", "_errbacks")
+
+    def __init__(self):
+        self._callbacks: list[tuple[Callable, tuple]] = []
+        self._errbacks: list[tuple[Callable, tuple]] = []
+
+    def add_callback(self, fn: Callable, *args) -> "Delivery":
+        self._callbacks.append((fn, args))
+        return self
+
+    def add_errback(self, fn: Callable, *args) -> "Delivery":
+        self._errbacks.append((fn, args))
+        return self
+
+    def _report(self, error, message) -> None:  # librdkafka's on_delivery(err, msg)
+        if error is None:
+            for fn, args in self._callbacks:
+                fn(*args, message)
+        else:
+            exc = ClientError(error)
+            for fn, args in self._errbacks:
+                fn(*args, exc)
+
+
+class LibrdkafkaProducer:
+    """A durable producer with the settings of :meth:`KafkaConnection.producer_kwargs`: acks from
+    all in-sync replicas, idempotence, 5 requests in flight, 5 ms linger, no compression."""
+
+    def __init__(self, conn: KafkaConnection, **overrides: Any):
+        self._producer = confluent_kafka.Producer(common_config(conn) | {
+            "acks": "all",
+            "enable.idempotence": True,
+            "max.in.flight.requests.per.connection": 5,
+            "linger.ms": 5,
+            "batch.size": 256 * 1024,
+            "compression.type": "none",
+            "partitioner": "murmur2_random",
+            "request.timeout.ms": conn.request_timeout_ms,
+        } | overrides)
+        try:
+            _check_reachable(self._producer, conn)
+        except ClientError:
+            self._producer = _Closed()  # released: no reconnecting in the background
+            raise
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve_reports, name="librdkafka-deliveries", daemon=True)
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(PRODUCER_POLL_S)
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+             headers: list | None = None, partition: int | None = None) -> Delivery:  # fmt: skip
+        """Queue a record; waits while librdkafka's local queue is full. Raises :class:`ClientError`
+        when the record cannot be queued (e.g. the producer is in a fatal state)."""
+        delivery = Delivery()
+        kwargs: dict[str, Any] = {"key": key, "on_delivery": delivery._report}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, value, **kwargs)
+                return delivery
+            except BufferError:  # the local queue is full: wait for deliveries to make room
+                if self._closed.is_set():
+                    raise ClientError("producer closed") from None
+                time.sleep(PRODUCER_POLL_S / 10)
+            except confluent_kafka.KafkaException as exc:
+                raise ClientError(exc.args[0] if exc.args else exc) from None
+
+    def flush(self, timeout: float | None = None) -> None:
+        remaining = self._producer.flush(-1 if timeout is None else timeout)
+        if remaining:
+            raise ClientError(f"{remaining} records not delivered within {timeout} s")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (up to ``timeout`` seconds), then release the client: librdkafka
+        keeps reconnecting for as long as the handle exists."""
+        if self._closed.is_set():
+            return
+        try:
+            self._producer.flush(-1 if timeout is None else timeout)
+        finally:
+            self._closed.set()
+            self._poller.join()
+            self._producer = _Closed()

@@ -1,0 +1,190 @@
+"""The librdkafka client behind kafka-python's interface, against a real Tansu broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from pydantic import SecretStr
+
+from digitmatch.broker import free_port
+from digitmatch.kafka.admin import ensure_topics
+from digitmatch.kafka.clients import new_consumer, new_producer
+from digitmatch.kafka.configuration import KafkaConnection
+from digitmatch.kafka.librdkafka import ClientError, LibrdkafkaConsumer, LibrdkafkaProducer, common_config
+
+pytestmark = pytest.mark.slow
+
+GROUP_TIMING = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "fetch_max_wait_ms": 20}
+
+
+def test_connection_settings_map_to_librdkafka_names(tmp_path: Path):
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text("-----BEGIN PLACEHOLDER-----\n")
+    conn = KafkaConnection(bootstrap_servers="a:1,b:2", client_id="me", security_protocol="SASL_SSL",
+                           sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password=SecretStr("p"),
+                           ssl_cafile=ca, ssl_certfile=cert, ssl_keyfile=key, request_timeout_ms=1234)  # fmt: skip
+    config = common_config(conn)
+    assert {k: v for k, v in config.items() if k != "logger"} == {
+        "bootstrap.servers": "a:1,b:2", "client.id": "me", "security.protocol": "SASL_SSL",
+        "socket.timeout.ms": 1234, "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u", "sasl.password": "p",
+        "ssl.ca.location": str(ca), "ssl.certificate.location": str(cert), "ssl.key.location": str(key),
+    }  # fmt: skip
+    plain = common_config(KafkaConnection())
+    assert not any(k.startswith(("sasl.", "ssl.")) for k in plain)
+
+
+def test_no_broker_fails_at_once_like_kafka_python():
+    conn = KafkaConnection(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(ClientError, match="no broker reachable"):
+        LibrdkafkaProducer(conn)
+    with pytest.raises(ClientError, match="no broker reachable"):
+        LibrdkafkaConsumer(conn, "g", **GROUP_TIMING)
+    assert time.monotonic() - started < 10
+
+
+def _deliver(producer, topic: str, records: list[tuple]) -> list:
+    """Send (key, value, headers, partition) records; returns each one's outcome once all are in."""
+    outcomes: list = [None] * len(records)
+    done = threading.Semaphore(0)
+
+    def report(i, result):
+        outcomes[i] = result
+        done.release()
+
+    for i, (key, value, headers, partition) in enumerate(records):
+        future = producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+        future.add_callback(report, i)
+        future.add_errback(report, i)
+    for _ in records:
+        assert done.acquire(timeout=30)
+    return outcomes
+
+
+def test_round_trip_with_a_group_consumer(broker):
+    topic = "rdk-roundtrip"
+    ensure_topics(broker.connection, {topic: 2})
+    producer = new_producer("librdkafka", broker.connection)
+    records = [(f"k{i}".encode(), f"v{i}".encode(), [("dm-half", b"spoken")] if i % 2 else [], i % 2)
+               for i in range(20)]  # fmt: skip
+    try:
+        outcomes = _deliver(producer, topic, records)
+    finally:
+        producer.close(timeout=10)
+    assert all(not isinstance(o, Exception) for o in outcomes)
+
+    assigned, revoked = [], []
+
+    class Listener:
+        def on_partitions_assigned(self, partitions):
+            assigned.append(sorted(partitions))
+            consumer.pause(*partitions)  # the partitions are assigned already: the listener may pause them
+
+        def on_partitions_revoked(self, partitions):
+            revoked.append(sorted(partitions))
+
+        def on_partitions_lost(self, partitions):
+            revoked.append(sorted(partitions))
+
+    consumer = new_consumer("librdkafka", broker.connection, "rdk-group", max_poll_records=500, **GROUP_TIMING)
+    try:
+        consumer.subscribe([topic], listener=Listener())
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        deadline = time.monotonic() + 30
+        while not assigned and time.monotonic() < deadline:
+            assert consumer.poll(timeout_ms=100) == {}
+        assert assigned == [tps] and consumer.paused() == set(tps)
+        time.sleep(0.5)
+        assert consumer.poll(timeout_ms=300) == {}, "paused partitions return nothing"
+        consumer.resume(*tps)
+        got: dict = {}
+        deadline = time.monotonic() + 30
+        while sum(map(len, got.values())) < 20 and time.monotonic() < deadline:
+            for tp, batch in consumer.poll(timeout_ms=200, max_records=7).items():
+                assert isinstance(tp, TopicPartition) and len(batch) <= 7
+                got.setdefault(tp, []).extend(batch)
+        assert set(got) == set(tps)
+        for tp, batch in got.items():
+            assert [r.offset for r in batch] == list(range(10))
+            for r in batch:
+                i = int(r.key[1:])
+                assert i % 2 == tp.partition and r.value == f"v{i}".encode()
+                assert r.headers == ([("dm-half", b"spoken")] if i % 2 else [])
+        assert consumer.highwater(tps[0]) == 10 and consumer.position(tps[0]) == 10
+        assert consumer.partitions_for_topic(topic) == {0, 1}
+        assert consumer.partitions_for_topic("rdk-no-such-topic") is None
+
+        consumer.commit({tps[0]: OffsetAndMetadata(4, "", -1), tps[1]: OffsetAndMetadata(10, "", -1)})
+        consumer.seek(tps[0], 8)
+        again: list = []
+        deadline = time.monotonic() + 10
+        while len(again) < 2 and time.monotonic() < deadline:
+            again += consumer.poll(timeout_ms=200).get(tps[0], [])
+        assert [r.offset for r in again] == [8, 9]
+    finally:
+        consumer.close()
+    assert revoked == [tps]  # leaving the group revokes, and the listener hears it first
+    check = KafkaConsumer(**broker.connection.consumer_kwargs("rdk-group"))
+    try:
+        assert [check.committed(tp) for tp in tps] == [4, 10]
+    finally:
+        check.close()
+
+
+def test_keyed_records_land_where_kafka_python_puts_them(broker):
+    """Both clients must agree on a key's partition (the Java client's murmur2): verdicts of one
+    pair go to one partition whichever client a matcher runs on."""
+    topic = "rdk-keys"
+    ensure_topics(broker.connection, {topic: 7})
+    keys = [f"pair-{i}".encode() for i in range(50)]
+    producer = LibrdkafkaProducer(broker.connection)
+    try:
+        outcomes = _deliver(producer, topic, [(k, b"x", None, None) for k in keys])
+    finally:
+        producer.close(timeout=10)
+    reference = KafkaProducer(**broker.connection.producer_kwargs())
+    try:
+        placed = [reference.send(topic, key=k, value=b"y").get(timeout=30).partition for k in keys]
+    finally:
+        reference.close()
+    assert placed == [m.partition() for m in outcomes]
+    assert len(set(placed)) > 3  # the keys are spread, not all sent to one partition
+
+
+def test_a_closed_producer_refuses_records_and_closing_twice_is_harmless(broker):
+    producer = LibrdkafkaProducer(broker.connection)
+    producer.close(timeout=5)
+    producer.close(timeout=5)
+    with pytest.raises(ClientError):
+        producer.send("rdk-closed", value=b"x")
+
+
+def test_a_record_that_cannot_be_queued_raises(broker):
+    topic = "rdk-errors"
+    ensure_topics(broker.connection, {topic: 1})
+    producer = LibrdkafkaProducer(broker.connection)
+    try:
+        with pytest.raises(ClientError, match="Unknown partition"):
+            producer.send(topic, value=b"v", partition=5)
+    finally:
+        producer.close(timeout=5)
+
+
+def test_an_undelivered_record_reaches_the_errback(fresh_broker):
+    """A broker gone: the delivery times out and the errback gets a ClientError (the matcher
+    counts it and retries the record)."""
+    topic = "rdk-outage"
+    ensure_topics(fresh_broker.connection, {topic: 1})
+    producer = LibrdkafkaProducer(fresh_broker.connection, **{"message.timeout.ms": 1000})
+    try:
+        fresh_broker.stop()
+        (outcome,) = _deliver(producer, topic, [(b"k", b"v", None, None)])
+    finally:
+        producer.close(timeout=5)
+    assert isinstance(outcome, ClientError) and "timed out" in str(outcome).lower()
