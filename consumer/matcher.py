@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -471,9 +471,9 @@ class Matcher:
         m = self.metrics
         # Counted per label, then added to the metrics once per drain: a labelled increment per
         # delivery was a tenth of the poll loop's time.
-        verdicts: dict[str, int] = {}
-        checked: dict[bool, int] = {}
-        dead: dict[str, int] = {}
+        verdicts: Counter[str] = Counter()
+        checked: Counter[bool] = Counter()
+        dead: Counter[str] = Counter()
         while True:
             try:
                 delivery, exc = self.completions.get_nowait()
@@ -484,11 +484,11 @@ class Matcher:
                 for tp, offset in delivery.offsets:
                     self.offsets.finish(tp, offset)
                 if delivery.kind == "verdict":
-                    verdicts[delivery.label] = verdicts.get(delivery.label, 0) + 1
+                    verdicts[delivery.label] += 1
                     if delivery.correct is not None:
-                        checked[delivery.correct] = checked.get(delivery.correct, 0) + 1
+                        checked[delivery.correct] += 1
                 else:
-                    dead[delivery.label] = dead.get(delivery.label, 0) + 1
+                    dead[delivery.label] += 1
                 continue
             m.kafka_errors.labels(stage="produce").inc()
             delivery.attempts += 1

@@ -183,11 +183,9 @@ class LibrdkafkaConsumer:
                 log.warning("consumer: %s", error)
                 continue
             key = (message.topic(), message.partition())
-            if key != last:
+            if key != last:  # messages come in runs per partition
                 last = key
-                current = records.get(self._tp(*key))
-                if current is None:
-                    current = records[self._tp(*key)] = []
+                current = records.setdefault(self._tp(*key), [])
             current.append(Record(message.offset(), message.key(), message.value(), message.headers() or []))
         return records
 
