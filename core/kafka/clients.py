@@ -1,5 +1,5 @@
-"""Which Kafka client library the matcher runs on: ``librdkafka`` (``confluent-kafka``, the
-default; see :mod:`.librdkafka`) or ``kafka-python`` (pure Python). Both give the matcher the same
+"""Which Kafka client library the matcher runs on: ``kafka-python`` (pure Python, the default) or
+``librdkafka`` (``confluent-kafka``; see :mod:`.librdkafka`). Both give the matcher the same
 consumer and producer interface, and raise errors that :data:`CLIENT_ERRORS` catches."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from kafka.errors import KafkaError
 from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.librdkafka import ClientError, LibrdkafkaConsumer, LibrdkafkaProducer
 
-ClientLibrary = Literal["librdkafka", "kafka-python"]
-CLIENT_LIBRARIES: tuple[str, ...] = ("librdkafka", "kafka-python")
+ClientLibrary = Literal["kafka-python", "librdkafka"]
+CLIENT_LIBRARIES: tuple[str, ...] = ("kafka-python", "librdkafka")
 
 CLIENT_ERRORS = (KafkaError, ClientError)
 

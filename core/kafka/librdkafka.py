@@ -1,10 +1,11 @@
 """The matcher's Kafka clients on librdkafka (``confluent-kafka``), behind the part of
 kafka-python's interface the matcher uses, so one poll loop runs on either client.
 
-Why librdkafka, the matcher's default client: kafka-python parses record batches and builds
+Why librdkafka (``--kafka-client librdkafka``): kafka-python parses record batches and builds
 produce requests in Python, which on the matcher cost about as much CPU per pair as the model;
 librdkafka does that work in C, on its own threads, without holding the GIL (a quarter less CPU
-per pair, docs/benchmarks.md). kafka-python stays the other choice (``--kafka-client``).
+per pair, docs/benchmarks.md). It is not the default yet: under pause/resume every batch one
+partition once stalled for longer than the join TTL (docs/benchmarks.md, "Changes made").
 
 What differs from kafka-python, and how it is bridged here:
 

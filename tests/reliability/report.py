@@ -61,9 +61,10 @@ How to read the figures:
   matcher process.
 * Matcher processes run with `--session-timeout-ms 6000 --heartbeat-interval-ms 1000
   --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on the
-  default Kafka client, librdkafka (`DIGITMATCH_KAFKA_CLIENT=kafka-python make reliability` runs
-  the suite on the other one; `tests/consumer/test_matcher.py` runs its crash, restart,
-  rebalance and back-pressure tests on both in every test run).
+  Kafka client `DIGITMATCH_KAFKA_CLIENT` names (the default is kafka-python; the figures on this
+  page were recorded with `DIGITMATCH_KAFKA_CLIENT=librdkafka`, and a later run on librdkafka
+  failed the overload check once: see docs/benchmarks.md). `tests/consumer/test_matcher.py` runs
+  its crash, restart, rebalance and back-pressure tests on both clients in every test run.
 """
 
 RULES = """\
