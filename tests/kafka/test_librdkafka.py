@@ -187,4 +187,4 @@ def test_an_undelivered_record_reaches_the_errback(fresh_broker):
         (outcome,) = _deliver(producer, topic, [(b"k", b"v", None, None)])
     finally:
         producer.close(timeout=5)
-    assert isinstance(outcome, ClientError) and "timed out" in str(outcome).lower()
+    assert isinstance(outcome, ClientError)  # (timed out, or the transport failed first)
