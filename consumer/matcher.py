@@ -14,7 +14,7 @@ Threads:
   :mod:`digitmatch.consumer.offsets` for the delivery guarantee).
 * **model watcher** and **HTTP endpoints**.
 
-The Kafka client library is kafka-python or librdkafka (``--kafka-client``,
+The Kafka client library is librdkafka (the default) or kafka-python (``--kafka-client``,
 :mod:`digitmatch.kafka.clients`); both offer this loop kafka-python's consumer and producer calls.
 
 :class:`Matcher` runs in-process too: ``Matcher(config).start()`` runs the loop on a thread,

@@ -4,14 +4,16 @@ kafka-python's interface the matcher uses, so one poll loop runs on either clien
 Why librdkafka (``--kafka-client librdkafka``): kafka-python parses record batches and builds
 produce requests in Python, which on the matcher cost about as much CPU per pair as the model;
 librdkafka does that work in C, on its own threads, without holding the GIL (a quarter less CPU
-per pair, docs/benchmarks.md). It is not the default yet: under pause/resume every batch one
-partition once stalled for longer than the join TTL (docs/benchmarks.md, "Changes made").
+per pair, docs/benchmarks.md).
 
 What differs from kafka-python, and how it is bridged here:
 
 * Rebalance callbacks run on the thread that polls, inside :meth:`LibrdkafkaConsumer.poll`, so
   the listener may commit synchronously. A new assignment is applied *before* the listener is
   told, so it can pause or seek the partitions it is given.
+* librdkafka's pause drops what it has prefetched for the partition and fetches it again on
+  resume. Pausing at every batch that way starves partitions (below, :meth:`LibrdkafkaConsumer.pause`),
+  so a pause first only stops taking records in, as kafka-python's does.
 * Records come as one list; :meth:`~LibrdkafkaConsumer.poll` groups them per partition, as
   kafka-python does, with kafka-python's :class:`~kafka.structs.TopicPartition` as keys, and
   returns as soon as any record is there (librdkafka's ``consume`` waits for a full batch).
@@ -45,6 +47,13 @@ CLIENT_LOGGER = "digitmatch.kafka.librdkafka.client"
 METADATA_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 PRODUCER_POLL_S = 0.05
+# How long a pause may only hold records back in librdkafka's queue before it becomes librdkafka's
+# own pause, so that polls serve rebalances again and stay within max.poll.interval.ms.
+SOFT_PAUSE_S = 5.0
+# librdkafka's bound on prefetched records (queued.max.messages.kbytes; its default is 64 MiB):
+# while the matcher is paused, this is what waits in memory besides its own queues.
+PREFETCH_KIB = 16 * 1024
+HOLD_CHUNK = 1000
 
 
 class ClientError(Exception):
@@ -117,6 +126,7 @@ class LibrdkafkaConsumer:
             "heartbeat.interval.ms": heartbeat_interval_ms,
             "fetch.wait.max.ms": fetch_max_wait_ms,
             "enable.partition.eof": False,
+            "queued.max.messages.kbytes": PREFETCH_KIB,
         })
         try:
             _check_reachable(self._consumer, conn)
@@ -124,36 +134,54 @@ class LibrdkafkaConsumer:
             self._consumer.close()
             self._consumer = _Closed()
             raise
-        self._paused: set[TopicPartition] = set()
         self._partitions: dict[tuple[str, int], TopicPartition] = {}
         self._listener = None
+        self._assigned: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()  # what the caller paused
+        self._paused_at = 0.0  # when the caller last paused a partition
+        self._paused_in_librdkafka: set[TopicPartition] = set()
+        self._held: dict[TopicPartition, list[Record]] = {}  # records of paused partitions, in order
+        self._seeks: dict[TopicPartition, int] = {}  # seeks librdkafka refused so far (see seek)
 
     # ---------------------------------------------------------------- group membership
 
     def subscribe(self, topics: list[str], listener=None) -> None:
         self._listener = listener
-        self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
-                                 on_lost=self._lost)
+        self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
 
     def _tps(self, partitions) -> list[TopicPartition]:
         return [self._tp(p.topic, p.partition) for p in partitions]
 
-    def _assigned(self, consumer, partitions) -> None:
+    def _on_assign(self, consumer, partitions) -> None:
         consumer.assign(partitions)  # first, so that the listener can pause or seek them
+        tps = self._tps(partitions)
+        self._assigned.update(tps)
         if self._listener is not None:
-            self._listener.on_partitions_assigned(self._tps(partitions))
+            self._listener.on_partitions_assigned(tps)
 
-    def _revoked(self, consumer, partitions) -> None:
+    def _on_revoke(self, consumer, partitions) -> None:
         tps = self._tps(partitions)
         if self._listener is not None:
             self._listener.on_partitions_revoked(tps)
-        self._paused.difference_update(tps)
+        self._forget(tps)
 
-    def _lost(self, consumer, partitions) -> None:
+    def _on_lost(self, consumer, partitions) -> None:
         tps = self._tps(partitions)
         if self._listener is not None:
             self._listener.on_partitions_lost(tps)
-        self._paused.difference_update(tps)
+        self._forget(tps)
+
+    def _forget(self, tps: list[TopicPartition]) -> None:
+        """Partitions leaving the assignment: librdkafka keeps a partition paused across a new
+        assignment, so undo its pause while it is still assigned."""
+        gone = set(tps)
+        self._resume_in_librdkafka(gone & self._paused_in_librdkafka)
+        self._assigned -= gone
+        self._paused -= gone
+        for tp in gone:
+            self._held.pop(tp, None)
+            self._seeks.pop(tp, None)
 
     # ---------------------------------------------------------------- records
 
@@ -165,7 +193,18 @@ class LibrdkafkaConsumer:
 
     def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
         """Up to ``max_records`` records, grouped per partition in offset order. Transient errors
-        (a broker unreachable for a while) are logged and retried by librdkafka; fatal ones raise."""
+        (a broker unreachable for a while) are logged and retried by librdkafka; fatal ones raise.
+        Records held back while their partition was paused come first once it is resumed."""
+        if self._seeks:
+            self._retry_seeks()
+        held = self._release_held(max_records)
+        if held:
+            return held
+        if self._assigned and self._assigned <= self._paused:
+            if time.monotonic() - self._paused_at < SOFT_PAUSE_S:
+                time.sleep(timeout_ms / 1000)  # leave the records in librdkafka's (bounded) queue
+                return {}
+            self._pause_in_librdkafka(self._paused)
         # Like kafka-python, return as soon as anything is there: librdkafka's consume() waits
         # until it has max_records or the timeout has passed, which under a light load would add
         # the whole timeout to every record's latency.
@@ -174,6 +213,15 @@ class LibrdkafkaConsumer:
             first = self._consumer.poll(timeout_ms / 1000)
             if first is not None:
                 messages = [first] + (self._consumer.consume(max_records - 1, 0) if max_records > 1 else [])
+        records = self._group(messages)
+        held = self._held.keys() & self._paused
+        if held:  # records of paused partitions came with others: stop fetching more of them
+            self._pause_in_librdkafka(held)
+        return records
+
+    def _group(self, messages: list) -> dict[TopicPartition, list[Record]]:
+        """Messages as records per partition; those of paused partitions go to the held ones, and
+        those of a partition with a seek still to come are dropped (read from the old position)."""
         records: dict[TopicPartition, list[Record]] = {}
         last = current = None
         for message in messages:
@@ -186,20 +234,87 @@ class LibrdkafkaConsumer:
             key = (message.topic(), message.partition())
             if key != last:  # messages come in runs per partition
                 last = key
-                current = records.setdefault(self._tp(*key), [])
+                tp = self._tp(*key)
+                if tp in self._seeks:
+                    current = []
+                else:
+                    current = (self._held if tp in self._paused else records).setdefault(tp, [])
             current.append(Record(message.offset(), message.key(), message.value(), message.headers() or []))
         return records
 
+    def _release_held(self, max_records: int) -> dict[TopicPartition, list[Record]]:
+        released: dict[TopicPartition, list[Record]] = {}
+        for tp in [tp for tp in self._held if tp not in self._paused]:
+            if max_records <= 0:
+                break
+            records = self._held.pop(tp)
+            released[tp] = records[:max_records]
+            if len(records) > max_records:
+                self._held[tp] = records[max_records:]
+            max_records -= len(released[tp])
+        return released
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._consumer.seek(confluent_kafka.TopicPartition(tp.topic, tp.partition, offset))
+        """Read the partition from ``offset`` on. librdkafka refuses to seek a partition whose
+        fetching has not started yet (just assigned: its committed offset is still being looked
+        up); such a seek is retried at each poll, and until it is done the partition's records,
+        read from the old position, are dropped."""
+        self._held.pop(tp, None)
+        self._seeks[tp] = offset
+        self._retry_seeks()
+
+    def _retry_seeks(self) -> None:
+        for tp, offset in list(self._seeks.items()):
+            try:
+                self._consumer.seek(confluent_kafka.TopicPartition(tp.topic, tp.partition, offset))
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else exc
+                if isinstance(error, confluent_kafka.KafkaError) and error.code() == confluent_kafka.KafkaError._STATE:
+                    continue  # not fetching yet: retried at the next poll
+                del self._seeks[tp]
+                raise ClientError(error) from None
+            del self._seeks[tp]
 
     def pause(self, *partitions: TopicPartition) -> None:
-        self._consumer.pause([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in partitions])
-        self._paused.update(partitions)
+        """Stop returning records of these partitions until they are resumed.
+
+        librdkafka's own pause drops the records it has prefetched for a partition, and its resume
+        fetches them again. A caller that pauses and resumes at every batch (the matcher, when the
+        model is the bottleneck) then takes each time the first partition of the next fetch
+        response, and the others wait: with four partitions of backlog, two got nothing until
+        the other two were done (tests/kafka/test_clients.py). So a pause first only holds records back: while every assigned partition is
+        paused, :meth:`poll` leaves librdkafka's queue alone (bounded by ``PREFETCH_KIB``), and the
+        records of a paused partition that come with others are kept and returned after resume.
+        librdkafka's pause is used for a pause that lasts longer than ``SOFT_PAUSE_S`` and for
+        partitions whose records had to be held back, after taking what librdkafka prefetched."""
+        added = set(partitions) - self._paused
+        if added:
+            self._paused |= added
+            self._paused_at = time.monotonic()
 
     def resume(self, *partitions: TopicPartition) -> None:
-        self._consumer.resume([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in partitions])
-        self._paused.difference_update(partitions)
+        resumed = set(partitions)
+        self._paused -= resumed
+        self._resume_in_librdkafka(resumed & self._paused_in_librdkafka)
+
+    def _pause_in_librdkafka(self, tps: set[TopicPartition]) -> None:
+        """Pause in librdkafka, after taking what it has prefetched (which its pause would drop,
+        and its resume fetch again from the first record not taken)."""
+        tps = tps - self._paused_in_librdkafka
+        if not tps:
+            return
+        taken = 0  # bytes; more than librdkafka's bound means it keeps fetching as fast as this takes
+        while taken < 2 * PREFETCH_KIB * 1024 and (messages := self._consumer.consume(HOLD_CHUNK, 0)):
+            for tp, records in self._group(messages).items():
+                self._held.setdefault(tp, []).extend(records)
+                taken += sum(len(r.value or b"") for r in records)
+        self._consumer.pause([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in tps])
+        self._paused_in_librdkafka |= tps
+
+    def _resume_in_librdkafka(self, tps: set[TopicPartition]) -> None:
+        if tps:
+            self._consumer.resume([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in tps])
+            self._paused_in_librdkafka -= tps
 
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
@@ -224,6 +339,11 @@ class LibrdkafkaConsumer:
         return high if high >= 0 else None
 
     def position(self, tp: TopicPartition, timeout_ms: int = 0) -> int | None:
+        """The offset of the next record :meth:`poll` returns for the partition."""
+        if tp in self._seeks:
+            return self._seeks[tp]
+        if self._held.get(tp):
+            return self._held[tp][0].offset
         (found,) = self._consumer.position([confluent_kafka.TopicPartition(tp.topic, tp.partition)])
         return found.offset if found.offset >= 0 else None
 

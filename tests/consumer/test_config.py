@@ -41,9 +41,9 @@ def test_flag_beats_environment_beats_default(monkeypatch):
 
 
 def test_kafka_client_library_from_flag_or_environment(monkeypatch):
-    assert parse([]).kafka_client == "kafka-python"
-    assert parse(["--kafka-client", "librdkafka"]).kafka_client == "librdkafka"
-    assert parse([], monkeypatch, {"DIGITMATCH_KAFKA_CLIENT": "librdkafka"}).kafka_client == "librdkafka"
+    assert parse([]).kafka_client == "librdkafka"
+    assert parse(["--kafka-client", "kafka-python"]).kafka_client == "kafka-python"
+    assert parse([], monkeypatch, {"DIGITMATCH_KAFKA_CLIENT": "kafka-python"}).kafka_client == "kafka-python"
     with pytest.raises(SystemExit):
         parse(["--kafka-client", "java"])
 

@@ -137,6 +137,44 @@ def test_round_trip_with_a_group_consumer(broker):
         check.close()
 
 
+def test_a_seek_right_after_the_assignment_is_not_lost(broker):
+    """librdkafka refuses to seek a partition before its fetching has started ("Erroneous
+    state"); the matcher seeks partitions as soon as they are assigned, which crashed it once."""
+    topic = "rdk-early-seek"
+    ensure_topics(broker.connection, {topic: 2})
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for i in range(20):
+        producer.send(topic, key=b"k", value=b"%d" % i, partition=i % 2)
+    producer.flush()
+    producer.close()
+    sought = []
+
+    class Listener:
+        def on_partitions_assigned(self, partitions):
+            for tp in partitions:
+                consumer.seek(tp, 7)
+                sought.append(tp)
+
+        def on_partitions_revoked(self, partitions):
+            pass
+
+        def on_partitions_lost(self, partitions):
+            pass
+
+    consumer = new_consumer("librdkafka", broker.connection, "rdk-early-seek", max_poll_records=500, **GROUP_TIMING)
+    got: dict = {}
+    try:
+        consumer.subscribe([topic], listener=Listener())
+        deadline = time.monotonic() + 30
+        while sum(map(len, got.values())) < 6 and time.monotonic() < deadline:
+            for tp, batch in consumer.poll(timeout_ms=100).items():
+                got.setdefault(tp.partition, []).extend(r.offset for r in batch)
+    finally:
+        consumer.close()
+    assert len(sought) == 2
+    assert got == {0: [7, 8, 9], 1: [7, 8, 9]}
+
+
 def test_keyed_records_land_where_kafka_python_puts_them(broker):
     """Both clients must agree on a key's partition (the Java client's murmur2): verdicts of one
     pair go to one partition whichever client a matcher runs on."""

