@@ -17,6 +17,7 @@ key, headers, declared shape and dtype, value length, and only then the array it
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -54,6 +55,9 @@ MFCC_COEFFICIENTS = 13
 IMAGE_SHAPE = (28, 28)
 MAX_HEADER_BYTES = 64  # any single dm- header value
 MAX_VALUE_BYTES = MAX_FRAMES * MFCC_COEFFICIENTS * 4
+# Distinct sets of dm- headers (without dm-produced-ms) whose checked layout decode_half keeps:
+# a stream repeats a few thousand (two halves x ten digits x the spoken frame counts).
+LAYOUTS_CACHED = 8192
 
 
 class Half(str, Enum):
@@ -255,8 +259,9 @@ def _parse_headers(headers: Headers | None) -> _Meta:
         shape = tuple(int(d) for d in found[H_SHAPE].split(","))
     except ValueError:
         raise InvalidMessage(Reason.BAD_SHAPE, f"header {H_SHAPE!r} must be comma-separated integers, got {found[H_SHAPE]!r}") from None
-    # Checked by hand into a tuple: this runs for every record the matcher reads, and pydantic
-    # validation of a model per record was a measurable share of its poll loop (docs/benchmarks.md).
+    # Checked by hand into a tuple: pydantic validation of a model per record was a measurable
+    # share of the matcher's poll loop (docs/benchmarks.md); decode_half now also remembers the
+    # result per header set (_layout).
     try:
         half = Half(found[H_HALF])
     except ValueError:
@@ -276,11 +281,18 @@ def _check_spoken_array(frames: np.ndarray) -> None:
         raise InvalidMessage(Reason.NON_FINITE, "MFCC frames contain NaN or infinity")
 
 
-def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None) -> DecodedHalf:
-    """Validate one ``pairs.in`` record. Raises :class:`InvalidMessage` with a precise reason."""
-    if value is not None and len(value) > MAX_VALUE_BYTES:
-        raise InvalidMessage(Reason.TOO_LARGE, f"value is {len(value)} bytes, limit {MAX_VALUE_BYTES}")
-    pair_id = decode_pair_id(key)
+class _Layout(NamedTuple):
+    """What the headers fix about a value once checked: its half, shape, dtype and size."""
+
+    half: Half
+    shape: tuple[int, ...]
+    dtype: str
+    digit: int | None
+    nbytes: int
+
+
+def _checked_layout(headers: Headers | None) -> tuple[_Layout, int | None]:
+    """The headers checked one by one (the reference for every reason), with ``dm-produced-ms``."""
     meta = _parse_headers(headers)
     expected_dtype = DTYPES[meta.half]
     if meta.dtype != expected_dtype:
@@ -293,14 +305,56 @@ def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None)
     elif meta.shape != IMAGE_SHAPE:
         raise InvalidMessage(Reason.BAD_SHAPE, f"written half must be {IMAGE_SHAPE}, got {meta.shape}")
     itemsize = 4 if meta.half is Half.SPOKEN else 1
-    expected = math.prod(meta.shape) * itemsize
-    if value is None or len(value) != expected:
+    layout = _Layout(meta.half, meta.shape, meta.dtype, meta.digit, math.prod(meta.shape) * itemsize)
+    return layout, meta.produced_ms
+
+
+@functools.lru_cache(maxsize=LAYOUTS_CACHED)
+def _cached_layout(dm_headers: tuple[tuple[str, bytes], ...]) -> tuple[_Layout, int | None]:
+    return _checked_layout(dm_headers)
+
+
+def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:
+    """:func:`_checked_layout`, remembered per set of ``dm-`` headers other than
+    ``dm-produced-ms``, which is the only one that changes from record to record of a stream.
+
+    Checking the headers one by one was a third of the matcher's per-record work in its poll loop
+    (docs/benchmarks.md). Anything unusual (a second ``dm-produced-ms``, a value that is not
+    digits, a header set that fails) takes the one-by-one path, so every reason and message is
+    the same as without the cache."""
+    produced: bytes | None = None
+    seen_produced = False
+    dm_headers = []
+    for item in headers or ():
+        name = item[0]
+        if name == H_PRODUCED_MS and not seen_produced:
+            seen_produced, produced = True, item[1]
+        elif name.startswith("dm-"):
+            dm_headers.append(item)
+    if not seen_produced or (isinstance(produced, bytes) and len(produced) <= MAX_HEADER_BYTES and produced.isdigit()):
+        try:
+            layout, duplicate_produced = _cached_layout(tuple(dm_headers))
+        except (InvalidMessage, TypeError):  # TypeError: a header value that cannot be a key
+            pass
+        else:
+            if duplicate_produced is None:
+                return layout, int(produced) if seen_produced else None
+    return _checked_layout(headers)
+
+
+def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None) -> DecodedHalf:
+    """Validate one ``pairs.in`` record. Raises :class:`InvalidMessage` with a precise reason."""
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        raise InvalidMessage(Reason.TOO_LARGE, f"value is {len(value)} bytes, limit {MAX_VALUE_BYTES}")
+    pair_id = decode_pair_id(key)
+    layout, produced_ms = _layout(headers)
+    if value is None or len(value) != layout.nbytes:
         got = 0 if value is None else len(value)
-        raise InvalidMessage(Reason.SIZE_MISMATCH, f"shape {meta.shape} needs {expected} bytes, value has {got}")
-    array = np.frombuffer(value, dtype=expected_dtype).reshape(meta.shape)
-    if meta.half is Half.SPOKEN and not np.isfinite(array).all():
+        raise InvalidMessage(Reason.SIZE_MISMATCH, f"shape {layout.shape} needs {layout.nbytes} bytes, value has {got}")
+    array = np.frombuffer(value, dtype=layout.dtype).reshape(layout.shape)
+    if layout.half is Half.SPOKEN and not np.isfinite(array).all():
         raise InvalidMessage(Reason.NON_FINITE, "MFCC frames contain NaN or infinity")
-    return DecodedHalf(pair_id, meta.half, array, meta.digit, meta.produced_ms)
+    return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms)
 
 
 def dead_letter_headers(

@@ -182,3 +182,37 @@ def test_mutated_valid_records_raise_nothing_but_invalid_message(frames, digit, 
             wire.decode_half(key, mutated, headers)
         except InvalidMessage:
             pass
+
+
+def _outcome(read, headers):
+    try:
+        return read(headers)
+    except InvalidMessage as exc:
+        return exc.reason, str(exc)
+
+
+produced_values = (st.none() | st.integers(0, 2**53).map(lambda n: str(n).encode()) | st.binary(max_size=70)
+                   | st.integers(60, 70).map(lambda n: b"7" * n))  # around the length limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    half=st.sampled_from(["spoken", "written"]),
+    frames=st.integers(1, 60),
+    digit=st.none() | st.integers(0, 9),
+    produced=st.lists(produced_values, max_size=3),
+    extra=st.lists(st.tuples(header_names, header_values), max_size=3),
+    where=st.integers(0, 8),
+)
+def test_remembered_layouts_answer_like_the_header_by_header_check(half, frames, digit, produced, extra, where):
+    """decode_half remembers checked header sets (without dm-produced-ms): the answer, reason and
+    message must be those of checking every header, on the first record and on later ones."""
+    if half == "spoken":
+        _, _, headers = wire.encode_spoken("p", np.ones((frames, 13), np.float32), digit)
+    else:
+        _, _, headers = wire.encode_written("p", IMAGE, digit)
+    headers = headers + [(wire.H_PRODUCED_MS, value) for value in produced]
+    headers[where:where] = extra
+    expected = _outcome(wire._checked_layout, headers)
+    assert _outcome(wire._layout, headers) == expected
+    assert _outcome(wire._layout, list(headers)) == expected  # remembered by now, if it passed
