@@ -309,9 +309,7 @@ def _checked_layout(headers: Headers | None) -> tuple[_Layout, int | None]:
     return layout, meta.produced_ms
 
 
-@functools.lru_cache(maxsize=LAYOUTS_CACHED)
-def _cached_layout(dm_headers: tuple[tuple[str, bytes], ...]) -> tuple[_Layout, int | None]:
-    return _checked_layout(dm_headers)
+_cached_layout = functools.lru_cache(maxsize=LAYOUTS_CACHED)(_checked_layout)
 
 
 def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:

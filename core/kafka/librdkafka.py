@@ -53,7 +53,7 @@ SOFT_PAUSE_S = 5.0
 # librdkafka's bound on prefetched records (queued.max.messages.kbytes; its default is 64 MiB):
 # while the matcher is paused, this is what waits in memory besides its own queues.
 PREFETCH_KIB = 16 * 1024
-HOLD_CHUNK = 1000
+HOLD_CHUNK = 1000  # records taken per call when emptying librdkafka's queue before its pause
 
 
 class ClientError(Exception):
@@ -95,6 +95,13 @@ def _check_reachable(client, conn: KafkaConnection) -> None:
         client.list_topics(timeout=conn.request_timeout_ms / 1000)
     except confluent_kafka.KafkaException as exc:
         raise ClientError(exc.args[0] if exc.args else exc) from None
+
+
+def _native(tp: TopicPartition, offset: int | None = None) -> confluent_kafka.TopicPartition:
+    """kafka-python's TopicPartition (what the matcher holds) as librdkafka's."""
+    if offset is None:
+        return confluent_kafka.TopicPartition(tp.topic, tp.partition)
+    return confluent_kafka.TopicPartition(tp.topic, tp.partition, offset)
 
 
 class _Closed:
@@ -266,7 +273,7 @@ class LibrdkafkaConsumer:
     def _retry_seeks(self) -> None:
         for tp, offset in list(self._seeks.items()):
             try:
-                self._consumer.seek(confluent_kafka.TopicPartition(tp.topic, tp.partition, offset))
+                self._consumer.seek(_native(tp, offset))
             except confluent_kafka.KafkaException as exc:
                 error = exc.args[0] if exc.args else exc
                 if isinstance(error, confluent_kafka.KafkaError) and error.code() == confluent_kafka.KafkaError._STATE:
@@ -282,9 +289,10 @@ class LibrdkafkaConsumer:
         fetches them again. A caller that pauses and resumes at every batch (the matcher, when the
         model is the bottleneck) then takes each time the first partition of the next fetch
         response, and the others wait: with four partitions of backlog, two got nothing until
-        the other two were done (tests/kafka/test_clients.py). So a pause first only holds records back: while every assigned partition is
-        paused, :meth:`poll` leaves librdkafka's queue alone (bounded by ``PREFETCH_KIB``), and the
-        records of a paused partition that come with others are kept and returned after resume.
+        the other two were done (tests/kafka/test_clients.py). So a pause first only holds records
+        back: while every assigned partition is paused, :meth:`poll` leaves librdkafka's queue
+        alone (bounded by ``PREFETCH_KIB``), and the records of a paused partition that come with
+        others are kept and returned after resume.
         librdkafka's pause is used for a pause that lasts longer than ``SOFT_PAUSE_S`` and for
         partitions whose records had to be held back, after taking what librdkafka prefetched."""
         added = set(partitions) - self._paused
@@ -308,12 +316,12 @@ class LibrdkafkaConsumer:
             for tp, records in self._group(messages).items():
                 self._held.setdefault(tp, []).extend(records)
                 taken += sum(len(r.value or b"") for r in records)
-        self._consumer.pause([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in tps])
+        self._consumer.pause([_native(tp) for tp in tps])
         self._paused_in_librdkafka |= tps
 
     def _resume_in_librdkafka(self, tps: set[TopicPartition]) -> None:
         if tps:
-            self._consumer.resume([confluent_kafka.TopicPartition(tp.topic, tp.partition) for tp in tps])
+            self._consumer.resume([_native(tp) for tp in tps])
             self._paused_in_librdkafka -= tps
 
     def paused(self) -> set[TopicPartition]:
@@ -323,7 +331,7 @@ class LibrdkafkaConsumer:
 
     def commit(self, offsets: dict) -> None:
         """Synchronous commit of ``{TopicPartition: OffsetAndMetadata}``."""
-        partitions = [confluent_kafka.TopicPartition(tp.topic, tp.partition, meta.offset) for tp, meta in offsets.items()]
+        partitions = [_native(tp, meta.offset) for tp, meta in offsets.items()]
         try:
             result = self._consumer.commit(offsets=partitions, asynchronous=False)
         except confluent_kafka.KafkaException as exc:
@@ -334,7 +342,7 @@ class LibrdkafkaConsumer:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as of the last fetch response (None before one)."""
-        _, high = self._consumer.get_watermark_offsets(confluent_kafka.TopicPartition(tp.topic, tp.partition),
+        _, high = self._consumer.get_watermark_offsets(_native(tp),
                                                        cached=True)
         return high if high >= 0 else None
 
@@ -344,7 +352,7 @@ class LibrdkafkaConsumer:
             return self._seeks[tp]
         if self._held.get(tp):
             return self._held[tp][0].offset
-        (found,) = self._consumer.position([confluent_kafka.TopicPartition(tp.topic, tp.partition)])
+        (found,) = self._consumer.position([_native(tp)])
         return found.offset if found.offset >= 0 else None
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:

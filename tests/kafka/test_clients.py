@@ -30,6 +30,11 @@ def _backlog(broker, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in range(PARTITIONS)]
 
 
+def _consumer(client: str, broker, topic: str):
+    return new_consumer(client, broker.connection, f"g-{topic}", session_timeout_ms=6000,
+                        heartbeat_interval_ms=1000, fetch_max_wait_ms=20, max_poll_records=POLL)  # fmt: skip
+
+
 @pytest.mark.parametrize("client,soft_pause_s", [
     ("kafka-python", None),
     ("librdkafka", None),  # pauses shorter than SOFT_PAUSE_S: records stay in librdkafka's queue
@@ -46,8 +51,7 @@ def test_pausing_at_every_poll_keeps_what_was_fetched(broker, monkeypatch, clien
         monkeypatch.setattr(librdkafka, "SOFT_PAUSE_S", soft_pause_s)
     topic = f"pause-all-{client}-{soft_pause_s}"
     tps = _backlog(broker, topic)
-    consumer = new_consumer(client, broker.connection, f"g-{topic}", session_timeout_ms=6000,
-                            heartbeat_interval_ms=1000, fetch_max_wait_ms=20, max_poll_records=POLL)  # fmt: skip
+    consumer = _consumer(client, broker, topic)
     got = dict.fromkeys(range(PARTITIONS), 0)
     polls = empty = 0  # polls that returned records, and polls after the first record that returned none
     try:
@@ -79,8 +83,7 @@ def test_records_of_a_paused_partition_come_back_in_order_after_resume(broker):
     are held back, not dropped, and continue where they stopped."""
     topic = "pause-some"
     tps = _backlog(broker, topic)
-    consumer = new_consumer("librdkafka", broker.connection, f"g-{topic}", session_timeout_ms=6000,
-                            heartbeat_interval_ms=1000, fetch_max_wait_ms=20, max_poll_records=POLL)  # fmt: skip
+    consumer = _consumer("librdkafka", broker, topic)
     got = dict.fromkeys(range(PARTITIONS), 0)
     try:
         consumer.subscribe([topic])
