@@ -291,6 +291,8 @@ class InferenceWorker:
         return self._thread.is_alive()
 
     def _loop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.threads.assign("inference")
         while True:
             batch = self.batches.get()
             try:

@@ -236,6 +236,7 @@ class Matcher:
     def _loop(self) -> None:
         cfg = self.config
         self._poll_thread = threading.current_thread()
+        self.metrics.threads.assign("poll_loop")
         commit_every = cfg.commit_interval_ms / 1000
         next_commit = time.monotonic() + commit_every
         next_gauges = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from digitmatch.consumer.thread_cpu import ThreadCpuCollector
 from digitmatch.wire import Reason
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -69,6 +70,9 @@ class MatcherMetrics:
             registry=r,
         )
         self.ready = Gauge("digitmatch_ready", "1 when /readyz is true", registry=r)
+        # The whole process's threads, per role (several matchers in one process each count all).
+        self.threads = ThreadCpuCollector()
+        r.register(self.threads)
 
         # Label values known in advance start at zero, so rates and ratios exist from the start.
         for half in ("spoken", "written", "invalid"):

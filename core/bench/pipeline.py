@@ -30,7 +30,7 @@ from digitmatch import wire
 from digitmatch.bench.open_loop import send_open_loop
 from digitmatch.bench.proc_cpu import cpu_seconds
 from digitmatch.bench.records import RecordPool
-from digitmatch.bench.scrape import histogram_counts, labelled, scrape
+from digitmatch.bench.scrape import Snapshot, histogram_counts, labelled, labelled_values, scrape
 from digitmatch.bench.verdict_tap import VerdictTap
 from digitmatch.broker import EmbeddedBroker
 from digitmatch.kafka.admin import ensure_topics
@@ -61,6 +61,8 @@ class LoadPoint:
     inference_ms_mean: float | None
     matcher_cpu_percent: list[float]
     matcher_cpu_ms_per_pair: float | None  # all matchers' CPU time per pair decided in the window
+    # ... per thread role (digitmatch_thread_cpu_seconds_total; empty without /proc)
+    thread_cpu_ms_per_pair: dict[str, float]
     matchers: int
     # mean ms per pair of each stage of the end-to-end time (see VerdictTap)
     stages_ms: dict[str, float | None] = field(default_factory=dict)
@@ -94,6 +96,7 @@ class PipelineBench:
         self.matcher_defaults = dict(matcher_defaults or {})  # serve's options under every start's flags
         self._started = 0
         self._generation = 0
+        self._topics_used = False  # a measured run or drain already wrote to the current topics
         self.input_topic = wire.TOPIC_PAIRS
         self.producer = KafkaProducer(**broker.connection.producer_kwargs())
         self.tap = VerdictTap(broker.connection)  # replaced at every start_matchers
@@ -108,6 +111,7 @@ class PipelineBench:
         a backlog, committed offsets or group members from the one before it."""
         self.stop_matchers()
         self.flags = flags
+        self._topics_used = False
         self._generation += 1
         name = f"bench-{self._generation}"
         self.input_topic, output_topic = f"{name}.pairs.in", f"{name}.matches.out"
@@ -133,7 +137,17 @@ class PipelineBench:
         for m in self.matchers:
             m.wait_ready(ready_timeout_s)
         self._wait_balanced(ready_timeout_s)
-        self.run(200, 1.0, warmup_s=0)  # first batches of new shapes, connections, group settled
+        self._measure(200, 1.0, warmup_s=0)  # first batches of new shapes, connections, group settled
+
+    def _fresh_topics(self) -> None:
+        """Restart the matchers (as many, same flags) on empty topics of their own if a measured run
+        already wrote to the current ones. The embedded broker's CPU per record grows with what a
+        topic holds (a light run cost it 2.9-3.1 s of CPU on empty topics, 4.5-6.3 s on topics
+        earlier runs had filled; docs/benchmarks.md): without this, each run would be measured
+        against what the runs before it left behind."""
+        if self._topics_used:
+            self.start_matchers(len(self.matchers) or 1, **self.flags)
+        self._topics_used = True
 
     def _wait_balanced(self, timeout_s: float) -> None:
         """With several matchers: until each one owns partitions (the group has rebalanced)."""
@@ -156,12 +170,17 @@ class PipelineBench:
     # ------------------------------------------------------------------ one load point
 
     def run(self, rate: float, seconds: float, warmup_s: float | None = None, drain_timeout_s: float = 120.0) -> LoadPoint:
-        """One load point; the first ``warmup_s`` of the window (default: 1 s, at most a quarter of
-        it) count neither for the throughput nor for the latency quantiles."""
-        if warmup_s is None:
-            warmup_s = min(1.0, seconds / 4)
+        """One load point, on empty topics; the first ``warmup_s`` of the window (default: 1 s, at
+        most a quarter of it) count neither for the throughput nor for the latency quantiles."""
         if not self.matchers:
             raise RuntimeError("start_matchers() first")
+        self._fresh_topics()
+        return self._measure(rate, seconds, warmup_s, drain_timeout_s)
+
+    def _measure(self, rate: float, seconds: float, warmup_s: float | None = None,
+                 drain_timeout_s: float = 120.0) -> LoadPoint:  # fmt: skip
+        if warmup_s is None:
+            warmup_s = min(1.0, seconds / 4)
         pool = self.pool()
         n = max(2, int(round(rate * seconds)))
         run_id = new_run_id()
@@ -222,6 +241,7 @@ class PipelineBench:
             inference_ms_mean=_round(1000 * infer_s / infer_n, 2) if infer_n else None,
             matcher_cpu_percent=cpu,
             matcher_cpu_ms_per_pair=cpu_per_pair,
+            thread_cpu_ms_per_pair=thread_ms_per_pair(deltas, in_cpu_window),
             matchers=len(self.matchers),
             stages_ms=stages,
             config=dict(self.flags),
@@ -233,9 +253,11 @@ class PipelineBench:
         """The matchers' own capacity: they are frozen (SIGSTOP) while ``n_pairs`` are written as fast
         as the client goes, then resumed (SIGCONT) and timed until the last verdict is decided. No
         load generator competes for the CPU while they drain. (The freeze lasts about a second,
-        far below the group's session timeout.)"""
+        far below the group's session timeout.) On empty topics, like every run."""
+        self._fresh_topics()
         pool = self.pool()
         run_id = new_run_id()
+        threads_before = [scrape(m.metrics_url) for m in self.matchers]
         for m in self.matchers:
             os.kill(m.pid, signal.SIGSTOP)
         try:
@@ -247,6 +269,7 @@ class PipelineBench:
                 os.kill(m.pid, signal.SIGCONT)
         verdicts = self.tap.collect(sent.pair_ids, timeout_s)
         cpu_after = [cpu_seconds(m.pid) for m in self.matchers]
+        deltas = [scrape(m.metrics_url) - b for m, b in zip(self.matchers, threads_before)]
         cpu = [_round(b - a, 2) if a is not None and b is not None else None for a, b in zip(cpu_before, cpu_after)]
         last_ms = max((v.decided_ms for v in verdicts.values()), default=resumed_ms)
         seconds = max(1e-3, (last_ms - resumed_ms) / 1000)
@@ -257,6 +280,7 @@ class PipelineBench:
             "pairs_per_s": _round(len(verdicts) / seconds),
             "matcher_cpu_seconds": cpu,
             "matcher_cpu_ms_per_pair": round(1000 * sum(cpu) / len(verdicts), 3) if verdicts and None not in cpu else None,
+            "thread_cpu_ms_per_pair": thread_ms_per_pair(deltas, len(verdicts)),
             "matchers": len(self.matchers),
             "config": dict(self.flags),
         }
@@ -267,6 +291,16 @@ class PipelineBench:
         finally:
             self.tap.close()
             self.producer.close()
+
+
+def thread_ms_per_pair(deltas: list[Snapshot], pairs: int) -> dict[str, float]:
+    """CPU ms per pair of each thread role of the matchers (``digitmatch_thread_cpu_seconds_total``
+    over a run), all matchers together."""
+    seconds: dict[str, float] = {}
+    for delta in deltas:
+        for role, used in labelled_values(delta, "digitmatch_thread_cpu_seconds_total", "thread").items():
+            seconds[role] = seconds.get(role, 0.0) + used
+    return {role: round(1000 * used / pairs, 3) for role, used in seconds.items()} if pairs else {}
 
 
 def saturation_and_knee(points: list[LoadPoint]) -> dict:

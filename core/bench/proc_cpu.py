@@ -1,23 +1,17 @@
-"""CPU time of a process (all its threads) from ``/proc/<pid>/stat``: user + system seconds."""
+"""CPU time of a process (all its threads) and the machine the numbers were measured on."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+from digitmatch.procfs import read_stat
 
 
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds used so far by ``pid``; None where /proc is not available."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces: count fields after its closing parenthesis.
-    fields = text[text.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / _TICKS
+    stat = read_stat(f"/proc/{pid}/stat")
+    return None if stat is None else stat[1]
 
 
 def machine() -> dict:

@@ -31,10 +31,11 @@ class ScaleOut:
 
 
 def run_scaleout(bench: PipelineBench, rate: float, seconds: float, **flags) -> ScaleOut:
-    """One matcher (the running one, if it has these flags), then a second joins its group."""
+    """One matcher (the running one, if it has these flags), then two in one group (each run on
+    empty topics, see :meth:`PipelineBench.run`)."""
     if len(bench.matchers) != 1 or bench.flags != flags:
         bench.start_matchers(1, **flags)
     one = bench.run(rate, seconds)
-    bench.add_matchers(1)
+    bench.start_matchers(2, **flags)
     two = bench.run(rate, seconds)
     return ScaleOut(one, two)

@@ -49,10 +49,11 @@ def histogram_counts(snap: Snapshot, name: str) -> dict[str, int]:
     return out
 
 
+def labelled_values(snap: Snapshot, name: str, label: str) -> dict[str, float]:
+    """``{label value: value}`` of the samples of ``name`` (zeros left out)."""
+    return {dict(labels)[label]: value for (sample, labels), value in snap.samples.items() if sample == name and value}
+
+
 def labelled(snap: Snapshot, name: str, label: str) -> dict[str, int]:
     """``{label value: count}`` of counter ``name`` (zeros left out)."""
-    out = {}
-    for (sample, labels), value in snap.samples.items():
-        if sample == name and value:
-            out[dict(labels)[label]] = int(round(value))
-    return out
+    return {key: int(round(value)) for key, value in labelled_values(snap, name, label).items()}

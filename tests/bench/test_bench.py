@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from digitmatch.consumer.thread_cpu import ROLES
+
 pytestmark = pytest.mark.slow
 
 # The shipped held-out sample (an empty --data directory falls back to it) keeps pair building quick.
@@ -51,7 +53,14 @@ def check_point(p: dict, flags: dict) -> None:
     assert set(p["flushes"]) <= {"full", "deadline", "drain"}
     assert max(int(float(k.removeprefix("<="))) for k in p["batch_sizes"] if k != "+Inf") <= 2 * flags["max_batch_size"]
     assert all(c is not None and c > 0 for c in p["matcher_cpu_percent"])
+    assert set(p["thread_cpu_ms_per_pair"]) <= set(ROLES)
     assert p["config"] == flags
+
+
+def check_drain(d: dict) -> None:
+    assert d["verdicts"] == d["pairs"] and d["pairs_per_s"] > 0
+    threads = d["thread_cpu_ms_per_pair"]
+    assert set(threads) <= set(ROLES) and threads["poll_loop"] > 0 and threads["inference"] > 0
 
 
 def test_quick_json_has_the_keys_with_sane_values(tmp_path):
@@ -76,7 +85,7 @@ def test_quick_json_has_the_keys_with_sane_values(tmp_path):
     for point in pipeline["points"] + [pipeline["half_saturation"]]:
         check_point(point, flags)
     assert r["pipeline_pairs_per_s"] == max(p["achieved_pairs_per_s"] for p in pipeline["points"])
-    assert pipeline["drain"]["verdicts"] == pipeline["drain"]["pairs"] and pipeline["drain"]["pairs_per_s"] > 0
+    check_drain(pipeline["drain"])
     assert r["p99_ms"] == pipeline["half_saturation"]["p99_ms"]
     assert "sweep" not in r and "scaleout" not in r  # --quick leaves them out
 
@@ -91,6 +100,7 @@ def test_every_mode_and_the_report(tmp_path):
         [0.1 * r["model_pairs_per_s"], 1.2 * r["model_pairs_per_s"]], abs=0.1)
     for point in points:
         check_point(point, flags)
+    check_drain(r["pipeline"]["drain"])
 
     scale = r["scaleout"]
     assert scale["one"]["matchers"] == 1 and scale["two"]["matchers"] == 2
@@ -111,3 +121,4 @@ def test_every_mode_and_the_report(tmp_path):
     assert (docs / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (docs / "benchmarks.md").read_text()
     assert "bench:results:start" in page and "### Scale-out" in page and "### Batching knobs" in page
+    assert "Matcher CPU ms per pair by thread" in page
