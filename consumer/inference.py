@@ -12,6 +12,7 @@ change); the old version keeps serving.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -53,6 +54,21 @@ def warm_up(model: ServingModel, batch_size: int = 2) -> None:
     for head in ("spoken_digit_probs", "written_digit_probs"):
         if head in out and out[head].shape != (batch_size, 10):
             raise ModelError(f"{model.path}: output {head!r} must be [batch, 10], got {out[head].shape}")
+
+
+def freeze_heap() -> None:
+    """Put every object alive now out of the cyclic garbage collector's reach (``gc.freeze``), after
+    collecting what is garbage already.
+
+    A loaded model is ~350,000 Python objects that live as long as it is served. Without this, each
+    full collection walks all of them with the GIL held: 350-450 ms during which no thread of the
+    matcher runs, every ~15 s at a steady 900 pairs/s, because the join table and the memory of
+    decided pairs keep filling the oldest generation (docs/benchmarks.md). Frozen objects are still
+    freed when their last reference goes; only cycles among them wait for the next call, which
+    unfreezes first, so a swapped-out model's cycles are collected at the next swap."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _fingerprint(directory: Path) -> tuple:
@@ -149,6 +165,7 @@ class ModelManager:
 
     def _serve(self, model: ServingModel) -> None:
         self.current = model  # the swap: one reference assignment, read once per batch
+        freeze_heap()  # after a swap, this also collects what of the old version is garbage
         if self.metrics is not None:
             self.metrics.model_loads.labels(result="ok").inc()
             self.metrics.set_model(model.name, model.version)

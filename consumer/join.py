@@ -50,6 +50,20 @@ def digest(value: bytes) -> bytes:
     return hashlib.blake2b(value, digest_size=16).digest()
 
 
+# What the join remembers of a decided pair: (lowest offset, spoken digest, written digest, restored
+# half waiting for its partner), None where absent. A plain tuple of ints, bytes and None, which
+# CPython's garbage collector stops tracking (it does not do that for tuple subclasses such as a
+# NamedTuple, nor for lists): the memory holds up to --decided-memory of them per partition, which
+# every full collection would otherwise walk (docs/benchmarks.md).
+Decided = tuple[int, "bytes | None", "bytes | None", "HalfRecord | None"]
+
+
+def _decided(first_offset: int, half: "HalfRecord", restored: "HalfRecord | None" = None) -> Decided:
+    """The memory of a pair decided with one half (unpaired, or restored while reading back)."""
+    spoken = half.half is Half.SPOKEN
+    return (first_offset, half.digest if spoken else None, None if spoken else half.digest, restored)
+
+
 @dataclass(slots=True)
 class HalfRecord:
     """One decoded half plus where and when it was read."""
@@ -125,9 +139,8 @@ class JoinTable:
         self.max_pending = max_pending
         self.decided_memory = decided_memory
         self._pending: OrderedDict[tuple[Hashable, str], HalfRecord] = OrderedDict()
-        # partition -> pair_id -> [lowest offset, {half: digest}, restored half waiting for its
-        # partner or None] of the halves that made the decision
-        self._decided: dict[Hashable, OrderedDict[str, list]] = {}
+        # partition -> pair_id -> what is remembered of the halves that made the decision
+        self._decided: dict[Hashable, OrderedDict[str, Decided]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -150,8 +163,8 @@ class JoinTable:
 
         decided = self._decided.get(half.partition, {}).get(half.pair_id)
         if decided is not None:
-            first_offset, digests, restored = decided
-            if digests.get(half.half) == half.digest:
+            first_offset, spoken_digest, written_digest, restored = decided
+            if (spoken_digest if half.half is Half.SPOKEN else written_digest) == half.digest:
                 return JoinResult(JoinOutcome.DUPLICATE, related_offset=first_offset)
             if restored is not None and restored.half is not half.half:
                 return self._join(restored, half)
@@ -173,17 +186,22 @@ class JoinTable:
         memory = self._decided.get(half.partition)
         entry = memory.get(half.pair_id) if memory is not None else None
         if entry is None:
-            self._remember(half.partition, half.pair_id, half.offset, {half.half: half.digest}, half)
+            self._remember(half.partition, half.pair_id, _decided(half.offset, half, restored=half))
             return
-        digests, restored = entry[1], entry[2]
-        digests.setdefault(half.half, half.digest)  # the first copy read is the one that counted
+        first_offset, spoken_digest, written_digest, restored = entry
         if restored is not None and restored.half is not half.half:
-            entry[2] = None  # both halves were before the commit point: nothing to decide again
+            restored = None  # both halves were before the commit point: nothing to decide again
+        # The first copy read of each half is the one that counted. (The entry keeps its place.)
+        if half.half is Half.SPOKEN and spoken_digest is None:
+            spoken_digest = half.digest
+        elif half.half is Half.WRITTEN and written_digest is None:
+            written_digest = half.digest
+        memory[half.pair_id] = (first_offset, spoken_digest, written_digest, restored)
 
     def _join(self, first: HalfRecord, second: HalfRecord) -> JoinResult:
         spoken, written = (first, second) if first.half is Half.SPOKEN else (second, first)
-        self._remember(second.partition, second.pair_id, min(spoken.offset, written.offset),
-                       {Half.SPOKEN: spoken.digest, Half.WRITTEN: written.digest})
+        self._remember(second.partition, second.pair_id,
+                       (min(spoken.offset, written.offset), spoken.digest, written.digest, None))
         return JoinResult(JoinOutcome.JOINED, pair=JoinedPair(spoken, written))
 
     def next_expiry(self) -> float | None:
@@ -217,15 +235,14 @@ class JoinTable:
 
     def _pop_oldest(self) -> HalfRecord:
         _, half = self._pending.popitem(last=False)
-        self._remember(half.partition, half.pair_id, half.offset, {half.half: half.digest})
+        self._remember(half.partition, half.pair_id, _decided(half.offset, half))
         return half
 
-    def _remember(self, partition: Hashable, pair_id: str, first_offset: int, digests: dict[Half, bytes],
-                  restored: HalfRecord | None = None) -> None:
+    def _remember(self, partition: Hashable, pair_id: str, decided: Decided) -> None:
         if self.decided_memory == 0:
             return
         memory = self._decided.setdefault(partition, OrderedDict())
-        memory[pair_id] = [first_offset, digests, restored]
+        memory[pair_id] = decided
         memory.move_to_end(pair_id)
         while len(memory) > self.decided_memory:
             memory.popitem(last=False)

@@ -1,13 +1,15 @@
+import gc
 import logging
 import queue
 import shutil
 import time
+import weakref
 
 import numpy as np
 import pytest
 
 from digitmatch.consumer.batcher import Batch, FlushReason
-from digitmatch.consumer.inference import InferenceWorker, ModelManager, pair_verdicts, unpaired_verdict
+from digitmatch.consumer.inference import InferenceWorker, ModelManager, freeze_heap, pair_verdicts, unpaired_verdict
 from digitmatch.consumer.join import HalfRecord, JoinedPair, digest
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.model.serving import ModelError
@@ -50,6 +52,35 @@ def test_a_single_version_directory_is_served_without_watching(tiny_model_dir):
     assert manager.load().version == 1
     assert not manager.versioned
     assert manager.check_for_new_version() is False
+
+
+def test_the_served_model_is_kept_out_of_full_collections():
+    """freeze_heap: garbage is collected first, and what was frozen is collectable again after the
+    next call (a swapped-out model's cycles)."""
+
+    class Node:
+        pass
+
+    def cycle():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    try:
+        garbage = cycle()
+        freeze_heap()
+        assert garbage() is None and gc.get_freeze_count() > 0
+        kept = Node()
+        kept.self = kept
+        ref = weakref.ref(kept)
+        freeze_heap()
+        del kept  # a frozen cycle becomes garbage: a full collection cannot see it ...
+        gc.collect()
+        assert ref() is not None
+        freeze_heap()  # ... until the next freeze, which unfreezes first
+        assert ref() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -1,3 +1,5 @@
+import gc
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,17 @@ def test_revoke_forgets_restored_halves():
     table.restore(half("p", Half.SPOKEN, 1, partition=3))
     table.revoke([3])
     assert table.add(half("p", Half.WRITTEN, 9, partition=3)).outcome is JoinOutcome.PENDING
+
+
+def test_the_memory_of_decided_pairs_is_not_walked_by_the_garbage_collector():
+    # Up to --decided-memory entries per partition: tracked, every full collection would walk them.
+    table = JoinTable(ttl_s=0.001, max_pending=10)
+    table.add(half("joined", Half.SPOKEN, 1))
+    table.add(half("joined", Half.WRITTEN, 2))
+    table.add(half("lone", Half.WRITTEN, 3))
+    assert [h.pair_id for h in table.expire(now=1.0)] == ["lone"]
+    gc.collect()
+    memory = table._decided[0]
+    assert set(memory) == {"joined", "lone"}
+    assert not any(gc.is_tracked(entry) for entry in memory.values())
+    assert table.add(half("lone", Half.WRITTEN, 4)).outcome is JoinOutcome.DUPLICATE
