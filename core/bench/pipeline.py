@@ -257,7 +257,7 @@ class PipelineBench:
         self._fresh_topics()
         pool = self.pool()
         run_id = new_run_id()
-        threads_before = [scrape(m.metrics_url) for m in self.matchers]
+        before = [scrape(m.metrics_url) for m in self.matchers]
         for m in self.matchers:
             os.kill(m.pid, signal.SIGSTOP)
         try:
@@ -269,7 +269,7 @@ class PipelineBench:
                 os.kill(m.pid, signal.SIGCONT)
         verdicts = self.tap.collect(sent.pair_ids, timeout_s)
         cpu_after = [cpu_seconds(m.pid) for m in self.matchers]
-        deltas = [scrape(m.metrics_url) - b for m, b in zip(self.matchers, threads_before)]
+        deltas = [scrape(m.metrics_url) - b for m, b in zip(self.matchers, before)]
         cpu = [_round(b - a, 2) if a is not None and b is not None else None for a, b in zip(cpu_before, cpu_after)]
         last_ms = max((v.decided_ms for v in verdicts.values()), default=resumed_ms)
         seconds = max(1e-3, (last_ms - resumed_ms) / 1000)
