@@ -313,9 +313,10 @@ class LibrdkafkaConsumer:
             return
         taken = 0  # bytes; more than librdkafka's bound means it keeps fetching as fast as this takes
         while taken < 2 * PREFETCH_KIB * 1024 and (messages := self._consumer.consume(HOLD_CHUNK, 0)):
+            # (counted on the messages: _group already puts those of paused partitions in _held)
+            taken += sum(len(m.value() or b"") for m in messages)
             for tp, records in self._group(messages).items():
                 self._held.setdefault(tp, []).extend(records)
-                taken += sum(len(r.value or b"") for r in records)
         self._consumer.pause([_native(tp) for tp in tps])
         self._paused_in_librdkafka |= tps
 
