@@ -9,6 +9,10 @@ Joined pairs accumulate in an open batch that is cut when either
 Under load, batches fill before the deadline and the model runs at its efficient batch size;
 under a trickle, no pair waits longer than ``max_delay_s`` for company. The batcher is driven by
 the poll loop (``add`` / ``due`` / ``drain`` with the current monotonic time) and never sleeps.
+
+Batches that are cut while the model is busy wait in a queue; the inference thread scores those
+waiting together, up to ``max_size`` pairs (:func:`combine`), so a backlog of small deadline
+batches is worked off at the model's efficient batch size instead of one small batch at a time.
 """
 
 from __future__ import annotations
@@ -76,3 +80,12 @@ class Batcher(Generic[T]):
         batch = Batch(self._items, reason, self._opened, now)
         self._items = []
         return batch
+
+
+def combine(batches: list[Batch[T]]) -> Batch[T]:
+    """One batch of the items of ``batches``, in order; it keeps the first batch's flush reason and
+    opening time, and the last one's cut time."""
+    if len(batches) == 1:
+        return batches[0]
+    items = [item for batch in batches for item in batch.items]
+    return Batch(items, batches[0].reason, batches[0].opened, batches[-1].flushed)

@@ -87,7 +87,8 @@ def add_matcher_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--model", default=DEFAULT_MODEL_ROOT, type=Path,
                help="SavedModel: a versioned root (serves the highest version, picks up new ones) or one version directory")
     add_option(parser, "--max-batch-size", default=d["max_batch_size"].default, type=int,
-               help="cut a batch when it holds this many pairs")
+               help="cut a batch when it holds this many pairs (batches waiting for the model are scored "
+                    "together up to this many)")
     add_option(parser, "--max-delay-ms", default=d["max_delay_ms"].default, type=float,
                help="cut a batch when its oldest pair has waited this long")
     add_option(parser, "--max-queued-batches", default=d["max_queued_batches"].default, type=int,

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from digitmatch.consumer.batcher import Batch
+from digitmatch.consumer.batcher import Batch, combine
 from digitmatch.consumer.join import HalfRecord, JoinedPair
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.features import pad_batch
@@ -273,8 +273,13 @@ OnScored = Callable[[Batch[JoinedPair], ServingModel, list[Verdict]], None]
 class InferenceWorker:
     """Takes batches from a bounded queue, scores them, hands the verdicts to ``on_scored``.
 
-    ``None`` in the queue stops the worker. ``queue.join()`` waits until every batch put so far
-    has been scored and handed on (the matcher uses it to drain on a rebalance and at shutdown).
+    Batches that are already waiting when the model becomes free are scored in one call, as long
+    as together they hold at most ``max_pairs`` pairs (the matcher passes ``--max-batch-size``);
+    ``on_scored`` then gets the combined batch. A batch that would not fit waits for the next call.
+
+    ``None`` in the queue stops the worker (after the batches taken before it). ``queue.join()``
+    waits until every batch put so far has been scored and handed on (the matcher uses it to drain
+    on a rebalance and at shutdown).
     """
 
     def __init__(
@@ -283,11 +288,14 @@ class InferenceWorker:
         batches: "queue.Queue[Batch[JoinedPair] | None]",
         on_scored: OnScored,
         metrics: MatcherMetrics | None = None,
+        max_pairs: int = 1,
     ):
         self.manager = manager
         self.batches = batches
         self.on_scored = on_scored
         self.metrics = metrics
+        self.max_pairs = max_pairs
+        self._next: Batch[JoinedPair] | None = None  # taken from the queue, did not fit the last call
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
 
@@ -310,16 +318,41 @@ class InferenceWorker:
     def _loop(self) -> None:
         if self.metrics is not None:
             self.metrics.threads.assign("inference")
-        while True:
-            batch = self.batches.get()
+        stopping = False
+        while not stopping:
+            taken = self._take()
+            stopping = None in taken
+            call = [batch for batch in taken if batch is not None]
             try:
-                if batch is None:
-                    return
-                self._score(batch)
+                if call:
+                    self._score(combine(call))
             except Exception:
-                log.exception("inference thread: batch of %d pairs dropped", 0 if batch is None else len(batch))
+                log.exception("inference thread: batch of %d pairs dropped", sum(map(len, call)))
             finally:
-                self.batches.task_done()
+                for _ in taken:
+                    self.batches.task_done()
+
+    def _take(self) -> "list[Batch[JoinedPair] | None]":
+        """What the next model call scores, as got from the queue (the stop sentinel included, so
+        that each gets its ``task_done``): the next batch, waiting for it, then those already
+        queued while they fit in ``max_pairs``. One that does not fit is kept for the next call."""
+        first = self._next if self._next is not None else self.batches.get()
+        self._next = None
+        taken = [first]
+        size = 0 if first is None else len(first)
+        while first is not None and size < self.max_pairs:
+            try:
+                more = self.batches.get_nowait()
+            except queue.Empty:
+                break
+            if more is not None and size + len(more) > self.max_pairs:
+                self._next = more
+                break
+            taken.append(more)
+            if more is None:
+                break
+            size += len(more)
+        return taken
 
     def _score(self, batch: Batch[JoinedPair]) -> None:
         delay = 0.5

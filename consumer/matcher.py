@@ -185,7 +185,8 @@ class Matcher:
             log.info("TensorFlow CPU threads: %s (0 = one per core)", threads)
             self.models.load()
             self.models.start_watching()
-            self.worker = InferenceWorker(self.models, self.batches, self._on_scored, self.metrics).start()
+            self.worker = InferenceWorker(self.models, self.batches, self._on_scored, self.metrics,
+                                          max_pairs=cfg.max_batch_size).start()
             if self._connect():
                 try:
                     self._loop()

@@ -176,7 +176,7 @@ def print_summary(s: dict) -> None:
         f"  accuracy      {accuracy}",
         f"  throughput    {throughput}",
         f"  latency       p50 {ms(s['p50_ms'])}, p95 {ms(s['p95_ms'])}, p99 {ms(s['p99_ms'])} (produced -> decided)",
-        f"  batching      mean {s['mean_batch_size']} pairs per inference batch",
+        f"  batching      mean {s['mean_batch_size']} pairs per model call",
         f"  metrics       {s['metrics_url']} (served while the demo ran)",
     ]
     if s["logs"]:

@@ -1,6 +1,6 @@
 import pytest
 
-from digitmatch.consumer.batcher import Batcher, FlushReason
+from digitmatch.consumer.batcher import Batch, Batcher, FlushReason, combine
 
 
 def test_cut_when_full():
@@ -53,3 +53,13 @@ def test_rejects_bad_limits():
         Batcher(max_size=0, max_delay_s=1)
     with pytest.raises(ValueError):
         Batcher(max_size=1, max_delay_s=-1)
+
+
+def test_combine_keeps_the_order_the_first_reason_and_opening_and_the_last_cut():
+    first = Batch(["a", "b"], FlushReason.DEADLINE, 1.0, 1.02)
+    second = Batch(["c"], FlushReason.FULL, 1.01, 1.03)
+    both = combine([first, second])
+    assert both.items == ["a", "b", "c"]
+    assert (both.reason, both.opened, both.flushed) == (FlushReason.DEADLINE, 1.0, 1.03)
+    assert first.items == ["a", "b"]  # the parts are left as they were
+    assert combine([second]) is second

@@ -210,6 +210,64 @@ def test_worker_scores_each_batch_with_one_version(root, tiny_model_dir, publish
     assert not worker.is_alive()
 
 
+def _queued(sizes, prefix="b"):
+    """An unbounded queue holding batches of ``sizes`` pairs, named ``<prefix><batch>-<pair>``."""
+    batches = queue.Queue()
+    for b, size in enumerate(sizes):
+        pairs = [make_pair(f"{prefix}{b}-{i}") for i in range(size)]
+        batches.put(Batch(pairs, FlushReason.DEADLINE, float(b), float(b) + 0.02))
+    return batches
+
+
+def test_batches_waiting_for_the_model_are_scored_together_up_to_max_pairs(root):
+    """Four batches already queued when the worker starts: 2 + 2 in one call, the 3 that would
+    make it 7 > 5 waits and goes with the 1 in the next call; order is kept throughout."""
+    metrics = MatcherMetrics()
+    manager = ModelManager(root, metrics)
+    manager.load()
+    batches = _queued([2, 2, 3, 1])
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((b, v)), metrics, max_pairs=5).start()
+    try:
+        batches.join()  # every batch taken counted as done, the one kept back included
+    finally:
+        worker.stop()
+    assert [len(b) for b, _ in scored] == [4, 4]
+    assert [[v.pair_id for v in vs] for _, vs in scored] == [
+        ["b0-0", "b0-1", "b1-0", "b1-1"], ["b2-0", "b2-1", "b2-2", "b3-0"]]
+    assert [(b.opened, b.flushed) for b, _ in scored] == [(0.0, 1.02), (2.0, 3.02)]
+    assert sample(metrics, "digitmatch_batch_size_count") == 2
+    assert sample(metrics, "digitmatch_batch_size_sum") == 8
+    assert sample(metrics, "digitmatch_batch_queue_wait_seconds_count") == 8
+    assert not worker.is_alive()
+
+
+def test_a_batch_is_never_split_and_a_full_one_goes_alone(root):
+    manager = ModelManager(root)
+    manager.load()
+    batches = _queued([6, 1, 1])
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(len(b)), max_pairs=5).start()
+    try:
+        batches.join()
+    finally:
+        worker.stop()
+    assert scored == [6, 2]
+
+
+def test_the_stop_sentinel_taken_with_waiting_batches_stops_after_scoring_them(root):
+    manager = ModelManager(root)
+    manager.load()
+    batches = _queued([2, 1])
+    batches.put(None)
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(len(b)), max_pairs=256).start()
+    worker._thread.join(60)
+    assert scored == [3]
+    assert not worker.is_alive()
+    assert batches.unfinished_tasks == 0
+
+
 def test_padding_beyond_max_frames_is_cut(tiny_model_dir):
     """Frames beyond the model's budget do not change the score (pad_batch keeps the first ones)."""
     model = ModelManager(tiny_model_dir).load()
