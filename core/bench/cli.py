@@ -5,7 +5,7 @@
 * ``pipeline``: broker + matcher + open-loop producer at fractions of the model limit, then at half
   the measured saturation (the latency goal).
 * ``sweep``: max batch size × max delay.
-* ``scaleout``: one matcher, then two in one group.
+* ``scaleout``: one matcher, then two in one group, under load and draining a backlog.
 * ``all`` (the default): all of them. ``--quick``: model, naive and the pipeline at saturation and
   at half of it, in under two minutes.
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
-from kafka import KafkaProducer
+from typing import Any
 
 from digitmatch.bench.records import RecordPool, stamped
 from digitmatch.wire import now_ms
+
+Producer = Any  # kafka-python's KafkaProducer or digitmatch.kafka.librdkafka.LibrdkafkaProducer
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def pair_ids(run_id: str, n: int) -> list[str]:
 
 
 def send_open_loop(
-    producer: KafkaProducer, topic: str, pool: RecordPool, run_id: str, n_pairs: int, rate: float
+    producer: Producer, topic: str, pool: RecordPool, run_id: str, n_pairs: int, rate: float
 ) -> SentLoad:
     """Send both halves of ``n_pairs`` pairs (IDs ``<run_id>-<i>``) at ``rate`` pairs/s (0 = as fast
     as the client goes), alternating which half goes first; then flush."""

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from kafka import KafkaProducer
 
 from digitmatch import wire
 from digitmatch.bench.open_loop import send_open_loop
@@ -34,6 +33,7 @@ from digitmatch.bench.scrape import Snapshot, histogram_counts, labelled, labell
 from digitmatch.bench.verdict_tap import VerdictTap
 from digitmatch.broker import EmbeddedBroker
 from digitmatch.kafka.admin import ensure_topics
+from digitmatch.kafka.librdkafka import LibrdkafkaProducer
 from digitmatch.matcher_process import MatcherProcess
 from digitmatch.producer.load import new_run_id
 
@@ -98,7 +98,10 @@ class PipelineBench:
         self._generation = 0
         self._topics_used = False  # a measured run or drain already wrote to the current topics
         self.input_topic = wire.TOPIC_PAIRS
-        self.producer = KafkaProducer(**broker.connection.producer_kwargs())
+        # The load generator shares the CPUs with what it measures, so it uses the lighter client:
+        # at 910 pairs/s librdkafka's producer took 0.16-0.22 ms of CPU per pair, kafka-python's
+        # 0.53-0.63 (docs/benchmarks.md). The matchers' client is chosen separately.
+        self.producer = LibrdkafkaProducer(broker.connection)
         self.tap = VerdictTap(broker.connection)  # replaced at every start_matchers
 
     # ------------------------------------------------------------------ matchers

@@ -162,7 +162,7 @@ def results_markdown(r: dict) -> str:
         rows.append(["batching", f"max batch {s['max_batch_size']}, max delay {_v(s['max_delay_ms'])} ms", ""])
     if "scaleout_ratio" in s:
         rows.append(["scale-out, 2 matchers vs 1", f"{_v(s['scaleout_two_pairs_per_s'])} vs {_v(s['scaleout_one_pairs_per_s'])} pairs/s",
-                     f"ratio {_v(s['scaleout_ratio'], 2)}"])  # fmt: skip
+                     f"ratio {_v(s['scaleout_ratio'], 2)}; draining a backlog {_v(s['scaleout_drain_ratio'], 2)}"])  # fmt: skip
     out += [_table(["what", "measured", "vs goal"], rows), ""]
 
     out += ["### Model alone (pre-built batches)", "",
@@ -217,11 +217,16 @@ def results_markdown(r: dict) -> str:
                     + ", ".join(f"{k}: {v}" for k, v in p["half_saturation"]["batch_sizes"].items()) + ".", ""]
     if "scaleout" in r:
         so = r["scaleout"]
+        rows = [[n, _v(so[run]["achieved_pairs_per_s"]), _v(so[run]["p99_ms"]),
+                 "/".join(_v(c) for c in so[run]["matcher_cpu_percent"]),
+                 _v(so[drain]["pairs_per_s"]), _v(so[drain]["matcher_cpu_ms_per_pair"], 3)]
+                for n, run, drain in ((1, "one", "drain_one"), (2, "two", "drain_two"))]  # fmt: skip
         out += ["### Scale-out", "",
-                _table(["matchers", "achieved pairs/s", "p99 ms", "matcher CPU %"],
-                       [[1, _v(so["one_matcher_pairs_per_s"]), _v(so["one"]["p99_ms"]), "/".join(_v(c) for c in so["one_matcher_cpu_percent"])],
-                        [2, _v(so["two_matchers_pairs_per_s"]), _v(so["two"]["p99_ms"]), "/".join(_v(c) for c in so["two_matchers_cpu_percent"])]]),
-                "", f"Scaling ratio: **{_v(so['scaling_ratio'], 2)}**.", ""]  # fmt: skip
+                _table(["matchers", "achieved pairs/s", "p99 ms", "matcher CPU %", "drain pairs/s",
+                        "drain CPU ms per pair"], rows),
+                "", f"Scaling ratio: **{_v(so['scaling_ratio'], 2)}** under load, "
+                f"**{_v(so['drain_scaling_ratio'], 2)}** draining a backlog of {_v(so['drain_one']['pairs'])} pairs "
+                "(no load generator on the cores).", ""]  # fmt: skip
     if "sweep" in r:
         sw = r["sweep"]
         rows = [[p["max_batch_size"], _v(p["max_delay_ms"]), _v(p["saturation_pairs_per_s"]), _v(p["saturated_mean_batch_size"], 1),

@@ -90,8 +90,8 @@ def run_plan(session: BenchSession, plan: Plan) -> dict:
         summary["naive_pairs_per_s"] = round(naive.pairs_per_s, 1)
 
     saturation = drain_rate = None
+    drain_pairs = max(50, int(plan.seconds * best / 4))
     if plan.wants("pipeline"):
-        drain_pairs = max(50, int(plan.seconds * best / 4))
         log.info("matcher alone draining a backlog of %d pairs", drain_pairs)
         drain = bench.drain(drain_pairs)
         drain_rate = drain["pairs_per_s"]
@@ -137,12 +137,14 @@ def run_plan(session: BenchSession, plan: Plan) -> dict:
         summary |= {"max_batch_size": plan.max_batch_size, "max_delay_ms": plan.max_delay_ms}
 
     if plan.wants("scaleout"):
-        log.info("scale-out: one matcher, then two, at %.0f pairs/s offered", SATURATING_LOAD * best)
-        scale = run_scaleout(bench, SATURATING_LOAD * best, plan.seconds, **flags)
+        log.info("scale-out: one matcher, then two, at %.0f pairs/s offered and draining %d pairs",
+                 SATURATING_LOAD * best, drain_pairs)
+        scale = run_scaleout(bench, SATURATING_LOAD * best, plan.seconds, drain_pairs, **flags)
         results["scaleout"] = scale.to_dict()
         summary |= {"scaleout_one_pairs_per_s": scale.one.achieved_pairs_per_s,
                     "scaleout_two_pairs_per_s": scale.two.achieved_pairs_per_s,
-                    "scaleout_ratio": scale.ratio}  # fmt: skip
+                    "scaleout_ratio": scale.ratio,
+                    "scaleout_drain_ratio": scale.drain_ratio}  # fmt: skip
 
     if plan.wants("sweep"):
         bench = session.pipeline

@@ -108,6 +108,12 @@ def test_every_mode_and_the_report(tmp_path):
     check_point(scale["two"], flags)
     ratio = scale["two_matchers_pairs_per_s"] / scale["one_matcher_pairs_per_s"]
     assert scale["scaling_ratio"] == pytest.approx(ratio, abs=1e-3)
+    check_drain(scale["drain_one"])
+    check_drain(scale["drain_two"])
+    assert scale["drain_two"]["matchers"] == 2 and len(scale["drain_two"]["matcher_cpu_seconds"]) == 2
+    drain_ratio = scale["drain_two"]["pairs_per_s"] / scale["drain_one"]["pairs_per_s"]
+    assert scale["drain_scaling_ratio"] == pytest.approx(drain_ratio, abs=1e-3)
+    assert r["summary"]["scaleout_drain_ratio"] == scale["drain_scaling_ratio"]
 
     sweep = r["sweep"]
     assert [(p["max_batch_size"], p["max_delay_ms"]) for p in sweep["points"]] == [(16, 5.0)]
