@@ -321,8 +321,8 @@ class InferenceWorker:
         stopping = False
         while not stopping:
             taken = self._take()
-            stopping = None in taken
-            call = [batch for batch in taken if batch is not None]
+            stopping = taken[-1] is None  # the stop sentinel only ever ends the list
+            call = taken[:-1] if stopping else taken
             try:
                 if call:
                     self._score(combine(call))
@@ -345,12 +345,13 @@ class InferenceWorker:
                 more = self.batches.get_nowait()
             except queue.Empty:
                 break
-            if more is not None and size + len(more) > self.max_pairs:
+            if more is None:
+                taken.append(more)
+                break
+            if size + len(more) > self.max_pairs:
                 self._next = more
                 break
             taken.append(more)
-            if more is None:
-                break
             size += len(more)
         return taken
 
