@@ -9,34 +9,39 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from digitmatch import wire
-from digitmatch.kafka.clients import CLIENT_LIBRARIES, ClientLibrary
 from digitmatch.kafka.configuration import KafkaConnection, add_connection_options
 from digitmatch.kafka.exceptions import InvalidConfiguration
 from digitmatch.model.serving import DEFAULT_MODEL_ROOT
-from digitmatch.settings import add_option
+from digitmatch.settings import MAX_MS, MAX_SECONDS, add_option, host_name
 
 
 class MatcherConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     kafka: KafkaConnection = Field(default_factory=KafkaConnection)
-    # The Kafka client library (digitmatch.kafka.clients).
-    kafka_client: ClientLibrary = "librdkafka"
     group_id: str = Field("digitmatch-matcher", min_length=1)
     input_topic: str = wire.TOPIC_PAIRS
     output_topic: str = wire.TOPIC_MATCHES
     dlq_topic: str = wire.TOPIC_DLQ
     model: Path = DEFAULT_MODEL_ROOT
     max_batch_size: int = Field(256, ge=1, le=65536)
-    max_delay_ms: float = Field(20.0, ge=0)
+    max_delay_ms: float = Field(20.0, ge=0, le=MAX_MS)
     max_queued_batches: int = Field(4, ge=1)
-    join_ttl_s: float = Field(30.0, gt=0)
+    join_ttl_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
     max_pending_halves: int = Field(100_000, ge=1)
+    # Bytes of the arrays of the halves waiting for a partner (plus a fixed allowance per half);
+    # the oldest are declared unpaired early beyond it, as for --max-pending-halves.
+    max_pending_bytes: int = Field(512 * 2**20, ge=1)
     decided_memory: int = Field(20_000, ge=0)
     # How far below the commit point a decided pair it splits may start; that many records before
     # the commit point are read again when a partition is assigned (consumer/offsets.py).
     lookback_records: int = Field(10_000, ge=0)
-    model_poll_s: float = Field(10.0, gt=0)
+    model_poll_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
+    # Largest dead letter published (key, value and headers): a record too large for pairs.dlq is
+    # published truncated, with headers saying so (consumer/dead_letter.py).
+    max_dead_letter_bytes: int = Field(1_000_000, ge=4096)
+    # SIGTERM: how long draining, flushing and committing may take before the process exits anyway.
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
     # TensorFlow's CPU thread pools (0 = TensorFlow's default, one per core); see
     # digitmatch.model.serving.set_cpu_threads and docs/benchmarks.md for why one intra-op thread.
     intra_op_threads: int = Field(1, ge=0)
@@ -77,9 +82,6 @@ class MatcherConfig(BaseModel):
 def add_matcher_options(parser: argparse.ArgumentParser) -> None:
     d = MatcherConfig.model_fields
     add_connection_options(parser)
-    add_option(parser, "--kafka-client", default=d["kafka_client"].default, choices=CLIENT_LIBRARIES,
-               help="Kafka client library: librdkafka (confluent-kafka: a quarter less CPU per pair, lower "
-                    "latency; docs/benchmarks.md) or kafka-python (pure Python)")
     add_option(parser, "--group-id", default=d["group_id"].default, help="consumer group of the matchers")
     add_option(parser, "--input-topic", default=d["input_topic"].default, help="topic carrying the halves")
     add_option(parser, "--output-topic", default=d["output_topic"].default, help="topic the verdicts go to")
@@ -97,6 +99,9 @@ def add_matcher_options(parser: argparse.ArgumentParser) -> None:
                help="a half whose partner has not come after this long gets an 'unpaired' verdict")
     add_option(parser, "--max-pending-halves", default=d["max_pending_halves"].default, type=int,
                help="bound on halves waiting for a partner; beyond it the oldest is declared unpaired early")
+    add_option(parser, "--max-pending-bytes", default=d["max_pending_bytes"].default, type=int,
+               help="bound on the bytes of halves waiting for a partner (their arrays plus a fixed allowance "
+                    "each); beyond it the oldest are declared unpaired early")
     add_option(parser, "--decided-memory", default=d["decided_memory"].default, type=int,
                help="recently decided pair IDs remembered per partition (late halves for them are dead-lettered)")
     add_option(parser, "--lookback-records", default=d["lookback_records"].default, type=int,
@@ -105,12 +110,18 @@ def add_matcher_options(parser: argparse.ArgumentParser) -> None:
                     "(0 = never split a pair: no read-back, but the commit point stalls while pairs overlap)")
     add_option(parser, "--model-poll-s", default=d["model_poll_s"].default, type=float,
                help="how often a versioned model root is checked for a new version")
+    add_option(parser, "--max-dead-letter-bytes", default=d["max_dead_letter_bytes"].default, type=int,
+               help="largest dead letter published; a rejected record too large for it is dead-lettered "
+                    "truncated, with headers giving its original size")
+    add_option(parser, "--shutdown-timeout-s", default=d["shutdown_timeout_s"].default, type=float,
+               help="on SIGTERM, how long draining, flushing and committing may take before the process "
+                    "exits anyway with status 3 (what was not committed is read again on restart)")
     add_option(parser, "--intra-op-threads", default=d["intra_op_threads"].default, type=int,
                help="TensorFlow threads per operation on the CPU (0 = one per core; 1 is faster for this "
                     "network's small operations)")
     add_option(parser, "--inter-op-threads", default=d["inter_op_threads"].default, type=int,
                help="TensorFlow operations run side by side on the CPU (0 = one per core)")
-    add_option(parser, "--metrics-host", default=d["metrics_host"].default, help="address of /metrics /healthz /readyz")
+    add_option(parser, "--metrics-host", default=d["metrics_host"].default, type=host_name, help="address of /metrics /healthz /readyz")
     add_option(parser, "--metrics-port", default=d["metrics_port"].default, type=int,
                help="port of /metrics /healthz /readyz (0 = any free port, logged)")
     add_option(parser, "--session-timeout-ms", default=d["session_timeout_ms"].default, type=int,

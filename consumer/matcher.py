@@ -14,8 +14,7 @@ Threads:
   :mod:`digitmatch.consumer.offsets` for the delivery guarantee).
 * **model watcher** and **HTTP endpoints**.
 
-The Kafka client library is librdkafka (the default) or kafka-python (``--kafka-client``,
-:mod:`digitmatch.kafka.clients`); both offer this loop kafka-python's consumer and producer calls.
+The Kafka client library is librdkafka (:mod:`digitmatch.kafka.clients` says why not kafka-python).
 
 :class:`Matcher` runs in-process too: ``Matcher(config).start()`` runs the loop on a thread,
 ``stop()`` shuts it down gracefully (the same path as SIGTERM).
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import queue
 import signal
 import sys
@@ -34,20 +34,22 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Literal
 
+import confluent_kafka
 from kafka import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from digitmatch.consumer.batcher import Batch, Batcher
 from digitmatch.consumer.config import MatcherConfig, add_matcher_options
-from digitmatch.consumer.dead_letter import OutgoingRecord, dead_letter
+from digitmatch.consumer.dead_letter import OutgoingRecord, dead_letter, is_truncated, smallest
 from digitmatch.consumer.health import HealthServer
 from digitmatch.consumer.inference import InferenceWorker, ModelManager, unpaired_verdict
 from digitmatch.consumer.join import HalfRecord, JoinedPair, JoinOutcome, JoinTable, digest
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.offsets import OffsetTracker
+from digitmatch.consumer.stream_time import StreamClock
 from digitmatch.kafka.clients import CLIENT_ERRORS, new_consumer, new_producer
-from digitmatch.model.serving import set_cpu_threads
-from digitmatch.wire import InvalidMessage, Reason, Verdict, decode_half, verdict_key
+from digitmatch.model.serving import ModelError, set_cpu_threads
+from digitmatch.wire import H_DLQ_SOURCE, InvalidMessage, Reason, Verdict, decode_half, verdict_key
 from digitmatch.wire import now_ms as wall_ms
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,15 @@ RETRY_LOG_INTERVAL_S = 5.0
 # stays in a fatal state, since the broker no longer knows its producer ID.
 PRODUCER_RESET_AFTER_FAILURES = 3
 PRODUCER_RESET_INTERVAL_S = 5.0
+# Exit status of `digitmatch serve` when a graceful shutdown outlasted --shutdown-timeout-s.
+SHUTDOWN_TIMED_OUT = 3
 GAUGE_INTERVAL_S = 0.5
+# How long a rebalance waits for in-flight verdicts to be acknowledged before it lets them go
+# (uncommitted: the partitions' next owner decides those pairs again).
+DRAIN_TIMEOUT_S = 30.0
+# The detail of a record whose headers the Kafka client could not read (a record without headers
+# has an empty list; librdkafka's consumer gives None when a header name is not valid UTF-8).
+UNREADABLE_HEADERS = "a header name is not valid UTF-8: the record's headers cannot be read"
 
 
 @dataclass(slots=True)
@@ -79,8 +89,12 @@ class Matcher:
         self.config = config
         self.metrics = MatcherMetrics()
         self.metrics.pending_halves_limit.set(config.max_pending_halves)
-        self.models = ModelManager(config.model, self.metrics, config.model_poll_s)
-        self.join = JoinTable(config.join_ttl_s, config.max_pending_halves, config.decided_memory)
+        self.metrics.pending_bytes_limit.set(config.max_pending_bytes)
+        self.models = ModelManager(config.model, self.metrics, config.model_poll_s,
+                                   max_batch_size=config.max_batch_size)
+        self.join = JoinTable(config.join_ttl_s, config.max_pending_halves, config.decided_memory,
+                              max_bytes=config.max_pending_bytes)
+        self.clock = StreamClock()
         self.batcher: Batcher[JoinedPair] = Batcher(config.max_batch_size, config.max_delay_ms / 1000)
         self.offsets = OffsetTracker(config.lookback_records)
         self.batches: queue.Queue[Batch[JoinedPair] | None] = queue.Queue(maxsize=config.max_queued_batches)
@@ -157,6 +171,7 @@ class Matcher:
     def readiness(self) -> dict[str, bool]:
         return {
             "model_loaded": self.models.current is not None,
+            "model_serving": self.models.serving,
             "broker_connected": self.connected,
             "partitions_assigned": bool(self.assigned),
         }
@@ -164,9 +179,21 @@ class Matcher:
     def is_ready(self) -> bool:
         return all(self.readiness().values())
 
+    def running(self) -> bool:
+        """The thread :meth:`start` began is still running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the thread :meth:`start` began to end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def _run_captured(self) -> None:
         try:
             self.run()
+        except (ModelError, OSError) as exc:  # a bad --model or a taken port: the caller says so
+            self.error = exc
+            log.debug("matcher could not start", exc_info=True)
         except BaseException as exc:  # kept for the caller of start() to inspect
             self.error = exc
             log.exception("matcher stopped with an error")
@@ -207,16 +234,10 @@ class Matcher:
         while not self.stop_event.is_set():
             producer = consumer = None
             try:
-                producer = new_producer(cfg.kafka_client, cfg.kafka)
-                consumer = new_consumer(
-                    cfg.kafka_client,
-                    cfg.kafka,
-                    cfg.group_id,
-                    session_timeout_ms=cfg.session_timeout_ms,
-                    heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-                    max_poll_records=cfg.max_poll_records,
-                    fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-                )
+                producer = new_producer(cfg.kafka)
+                consumer = new_consumer(cfg.kafka, cfg.group_id, session_timeout_ms=cfg.session_timeout_ms,
+                                        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                                        fetch_max_wait_ms=cfg.fetch_max_wait_ms)
                 consumer.subscribe([cfg.input_topic], listener=_RebalanceListener(self))
             except CLIENT_ERRORS as exc:
                 for client in (consumer, producer):
@@ -229,8 +250,8 @@ class Matcher:
                 continue
             self.producer, self.consumer, self.connected = producer, consumer, True
             self._mirror_partitions = _same_partitions(consumer, cfg.input_topic, cfg.output_topic)
-            log.info("connected to %s with %s; group %r on %r -> %r (dead letters %r)", cfg.kafka.bootstrap_servers,
-                     cfg.kafka_client, cfg.group_id, cfg.input_topic, cfg.output_topic, cfg.dlq_topic)
+            log.info("connected to %s; group %r on %r -> %r (dead letters %r)", cfg.kafka.bootstrap_servers,
+                     cfg.group_id, cfg.input_topic, cfg.output_topic, cfg.dlq_topic)
             return True
         return False
 
@@ -240,7 +261,7 @@ class Matcher:
         self.metrics.threads.assign("poll_loop")
         commit_every = cfg.commit_interval_ms / 1000
         next_commit = time.monotonic() + commit_every
-        next_gauges = time.monotonic()
+        next_gauges = last_poll = time.monotonic()
         while not self.stop_event.is_set():
             if self._producer_stale:
                 self._reset_producer()
@@ -267,11 +288,13 @@ class Matcher:
                     for record in batch:
                         self._handle(tp, record, now, now_ms)
                 self._count_consumed()
+                self._advance_quiet_partitions(records, now - last_poll)
+                last_poll = now
                 now = time.monotonic()
                 due = self.batcher.due(now)
                 if due is not None:
                     self._submit(due)
-                for half in self.join.expire(now):
+                for half in self.join.expire(self.clock):
                     self._unpaired(half)
             if now >= next_commit:
                 self._commit()
@@ -330,12 +353,16 @@ class Matcher:
                          tp.partition, restored, end)
                 return batch[i:]
             restored += 1
+            stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
+            if record.headers is None:
+                continue  # unreadable headers: it was dead-lettered
             try:
                 half = decode_half(record.key, record.value, record.headers)
             except InvalidMessage:
                 continue  # it was dead-lettered
             self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array,
-                                         digest(record.value), now, now_ms, half.digit, half.produced_ms))
+                                         digest(record.value), now, now_ms, half.digit, half.produced_ms,
+                                         stream_ms))
         return []
 
     def _count_consumed(self) -> None:
@@ -345,17 +372,42 @@ class Matcher:
                 self._consumed[half] = 0
 
     def _poll_timeout_ms(self, now: float, next_commit: float) -> int:
+        # (Expiry needs no wake-up of its own: stream time moves with the records and the polls.)
         wake = [next_commit, now + (0.01 if self._paused or self._retries else 0.1)]
-        for t in (self.batcher.deadline(), self.join.next_expiry()):
-            if t is not None:
-                wake.append(t)
+        deadline = self.batcher.deadline()
+        if deadline is not None:
+            wake.append(deadline)
         return max(0, int((min(wake) - now) * 1000))
+
+    def _advance_quiet_partitions(self, records: dict, elapsed_s: float) -> None:
+        """Stream time of the partitions this poll brought nothing for moves on while they are
+        caught up and not paused (consumer/stream_time.py), so their lone halves still expire."""
+        if self._paused or not len(self.join):
+            return
+        quiet = [tp for tp in self.assigned if tp not in records and self._caught_up(tp)]
+        if quiet:
+            self.clock.idle(quiet, elapsed_s)
+
+    def _caught_up(self, tp) -> bool:
+        """Nothing left to read on ``tp`` as of the last fetch response."""
+        try:
+            high = self.consumer.highwater(tp)
+            position = self.consumer.position(tp) if high is not None else None
+        except Exception:  # not fetched yet / being reassigned: not known to be caught up
+            return False
+        return position is not None and position >= high
 
     # ------------------------------------------------------------------ records in
 
     def _handle(self, tp, record, now: float, now_ms: int) -> None:
         self.offsets.track(tp, record.offset)
+        stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
         try:
+            if record.headers is None:
+                unreadable = getattr(record, "unreadable", None)
+                if unreadable is not None:
+                    raise InvalidMessage(Reason.UNREADABLE, unreadable)
+                raise InvalidMessage(Reason.BAD_HEADER, UNREADABLE_HEADERS)
             half = decode_half(record.key, record.value, record.headers)
         except InvalidMessage as exc:
             self._consumed["invalid"] += 1
@@ -364,7 +416,7 @@ class Matcher:
         self._consumed[half.half.value] += 1
         result = self.join.add(
             HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
-                       now, now_ms, half.digit, half.produced_ms)
+                       now, now_ms, half.digit, half.produced_ms, stream_ms)
         )
         for old in result.evicted:
             self._unpaired(old)
@@ -436,6 +488,8 @@ class Matcher:
     def _unpaired(self, half: HalfRecord) -> None:
         # Not observed in digitmatch_end_to_end_seconds: an unpaired verdict waits the join TTL by
         # design, and would make the latency quantiles (and their alert) about lone halves.
+        if half.partition not in self.assigned:
+            return  # no longer ours: its next owner reads the half again and decides it
         verdict = unpaired_verdict(half, self.models.current)
         partition = half.partition.partition if self._mirror_partitions else None
         record = OutgoingRecord(self.config.output_topic, verdict_key(half.pair_id), verdict.to_bytes(), [], partition)
@@ -446,7 +500,10 @@ class Matcher:
         out = dead_letter(
             self.config.dlq_topic, topic=tp.topic, partition=tp.partition, offset=record.offset,
             key=record.key, value=record.value, headers=record.headers, reason=reason, detail=detail,
+            max_bytes=self.config.max_dead_letter_bytes, headers_unreadable=record.headers is None,
         )
+        if is_truncated(out):
+            self.metrics.dead_letters_truncated.inc()
         self._send(Delivery(out, [(tp, record.offset)], "dead_letter", reason.value))
 
     # ------------------------------------------------------------------ records out
@@ -494,6 +551,9 @@ class Matcher:
                 continue
             m.kafka_errors.labels(stage="produce").inc()
             delivery.attempts += 1
+            if delivery.kind == "dead_letter" and _too_large(exc) and self._shrink(delivery):
+                self._send(delivery)  # at once: the broker answered, it is not unreachable
+                continue
             self._produce_failures += 1
             if self._produce_failures >= PRODUCER_RESET_AFTER_FAILURES and time.monotonic() >= self._next_producer_reset:
                 self._producer_stale = True
@@ -511,6 +571,19 @@ class Matcher:
         now = time.monotonic()
         while self._retries and self._retries[0][0] <= now:
             self._send(self._retries.popleft()[1])
+
+    def _shrink(self, delivery: Delivery) -> bool:
+        """A dead letter refused as too large (a topic whose own limit is below
+        --max-dead-letter-bytes): send its smallest form instead. False if it is that already."""
+        small = smallest(delivery.record)
+        if small == delivery.record:
+            return False
+        log.warning("a dead letter of %s was refused as too large: sending it without its value and headers",
+                    _source(delivery.record))
+        if not is_truncated(delivery.record):
+            self.metrics.dead_letters_truncated.inc()
+        delivery.record = small
+        return True
 
     def _log_retry(self, delivery, exc) -> None:
         """One warning per RETRY_LOG_INTERVAL_S at most: an outage fails every in-flight delivery,
@@ -533,7 +606,7 @@ class Matcher:
         log.warning("%d deliveries failed in a row: recreating the producer (broker restarted or lost its state?)",
                     self._produce_failures)
         try:
-            fresh = new_producer(self.config.kafka_client, self.config.kafka)
+            fresh = new_producer(self.config.kafka)
         except CLIENT_ERRORS as exc:
             log.warning("could not recreate the producer (%s); trying again later", exc)
             return
@@ -583,6 +656,7 @@ class Matcher:
         m = self.metrics
         with self._lock:
             m.pending_halves.set(len(self.join))
+            m.pending_bytes.set(self.join.nbytes)
             m.partitions_assigned.set(len(self.assigned))
             m.inference_queue.set(self.batches.qsize() + len(self._overflow))
             m.ready.set(1 if self.is_ready() else 0)
@@ -595,10 +669,7 @@ class Matcher:
                 high = self.consumer.highwater(tp)
                 if high is None:
                     continue
-                try:
-                    position = self.consumer.position(tp, timeout_ms=0)
-                except TypeError:  # kafka-python 2.x: no timeout argument
-                    position = self.consumer.position(tp)
+                position = self.consumer.position(tp)
             except Exception:  # not fetched yet / being reassigned: no lag to report
                 continue
             if position is not None:
@@ -607,8 +678,10 @@ class Matcher:
 
     # ------------------------------------------------------------------ rebalances, shutdown
 
-    def _drain(self) -> None:
-        """Score everything joined so far, publish it and collect the acknowledgements."""
+    def _drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Score everything joined so far, publish it and collect the acknowledgements, waiting
+        for the broker at most ``timeout_s`` (what is not acknowledged by then stays uncommitted)."""
+        deadline = time.monotonic() + timeout_s
         batch = self.batcher.drain(time.monotonic())
         if batch is not None:
             self.metrics.batch_flushes.labels(reason=batch.reason.value).inc()
@@ -616,16 +689,20 @@ class Matcher:
         while self._overflow:
             self.batches.put(self._overflow.popleft())
         self.batches.join()
-        self.producer.flush()
-        self._drain_completions()
-        deadline = time.monotonic() + 30
+        self._flush(deadline)
         while self._retries and time.monotonic() < deadline:
             time.sleep(RETRY_DELAY_S / 4)
-            self.producer.flush()
-            self._drain_completions()
+            self._flush(deadline)
         if self._paused:
             self._resume()
         self.metrics.inference_queue.set(0)
+
+    def _flush(self, deadline: float) -> None:
+        try:
+            self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+        except CLIENT_ERRORS as exc:
+            log.warning("not every record was acknowledged in time: %s", exc)
+        self._drain_completions()
 
     def _on_revoked(self, revoked, lost: bool = False) -> None:
         """Drain in-flight pairs, commit (unless the partitions are already lost), and forget the
@@ -649,6 +726,7 @@ class Matcher:
                 if point is not None:
                     self._rewind_points[tp] = point
             dropped = self.join.revoke(revoked)
+            self.clock.forget(revoked)
             self._unplaced -= revoked
             for tp in revoked:
                 self._lookback_end.pop(tp, None)
@@ -677,17 +755,33 @@ class Matcher:
     def _shutdown(self) -> None:
         held = len(self.join)
         log.info("shutting down: draining batches, flushing verdicts, committing offsets")
+        started = time.monotonic()
         try:
             with self._lock:
-                self._drain()
+                # (Half the budget for the drain; committing and leaving the group need the rest.)
+                self._drain(self.config.shutdown_timeout_s / 2)
             self._commit()
         finally:
             self.connected = False
             self.assigned = set()
             self.metrics.ready.set(0)
             self.consumer.close(autocommit=False)
-            self.producer.close(timeout=30)
+            self.producer.close(timeout=max(0.0, self.config.shutdown_timeout_s - (time.monotonic() - started)))
         log.info("matcher stopped (%d halves were waiting for a partner; they are read again on restart)", held)
+
+
+def _too_large(exc: Exception) -> bool:
+    """The broker or the producer refused a record for its size (either client library)."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    if isinstance(exc, MessageSizeTooLargeError):
+        return True
+    code = getattr(getattr(exc, "error", None), "code", None)
+    return callable(code) and code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def _source(record: OutgoingRecord) -> str:
+    return next((v.decode("ascii", "replace") for n, v in record.headers if n == H_DLQ_SOURCE), "?")
 
 
 def _close_quietly(producer, timeout_s: float = 10.0) -> None:
@@ -730,10 +824,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from digitmatch.kafka.exceptions import InvalidConfiguration
-    from digitmatch.model.serving import ModelError
-
     from digitmatch.kafka.configuration import quiet_client_logs
+    from digitmatch.kafka.exceptions import InvalidConfiguration
+    from digitmatch.settings import model_problem
 
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         quiet_client_logs()
@@ -742,20 +835,33 @@ def run(args: argparse.Namespace) -> int:
     except InvalidConfiguration as exc:
         print(f"digitmatch serve: {exc}", file=sys.stderr)
         return 2
+    problem = model_problem("--model", config.model)  # before the endpoints and TensorFlow start
+    if problem:
+        print(f"digitmatch serve: {problem}", file=sys.stderr)
+        return 2
     matcher = Matcher(config)
+    stopping: list[float] = []  # when the first SIGTERM / SIGINT came
 
     def _stop(signum, _frame):
-        log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+        log.info("received %s: stopping gracefully (at most %.0f s)", signal.Signals(signum).name,
+                 config.shutdown_timeout_s)
+        stopping.append(time.monotonic())
         matcher.stop_event.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    try:
-        matcher.run()
-    except ModelError as exc:
-        print(f"digitmatch serve: {exc}", file=sys.stderr)
+    # The matcher runs on a thread of its own, so that this one stays free to handle the signals
+    # and to end a shutdown that a frozen broker holds up (a commit or a group leave that never
+    # returns) after --shutdown-timeout-s.
+    matcher.start()
+    while matcher.running():
+        matcher.wait(0.2)
+        if stopping and time.monotonic() - stopping[0] > config.shutdown_timeout_s:
+            log.error("shutdown did not finish within %.0f s (broker unreachable?): exiting now; what was "
+                      "not committed is read again on restart", config.shutdown_timeout_s)
+            logging.shutdown()
+            os._exit(SHUTDOWN_TIMED_OUT)
+    if isinstance(matcher.error, (ModelError, OSError)):  # OSError: e.g. the metrics port is taken
+        print(f"digitmatch serve: {matcher.error}", file=sys.stderr)
         return 2
-    except OSError as exc:  # e.g. the metrics port is taken
-        print(f"digitmatch serve: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return 0 if matcher.error is None else 1

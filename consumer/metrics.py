@@ -33,6 +33,10 @@ class MatcherMetrics:
         self.dead_letters = Counter(
             "digitmatch_dead_letters_total", "Records sent to the dead-letter topic", ["reason"], registry=r
         )
+        self.dead_letters_truncated = Counter(
+            "digitmatch_dead_letters_truncated_total",
+            "Dead letters published truncated to fit --max-dead-letter-bytes or the topic's limit", registry=r
+        )
         self.join_wait = latency("digitmatch_join_wait_seconds", "First half read to second half read")
         self.queue_wait = latency("digitmatch_batch_queue_wait_seconds", "Pair joined to its batch starting inference")
         self.inference = latency("digitmatch_inference_seconds", "One model call (one or more batches)")
@@ -44,6 +48,10 @@ class MatcherMetrics:
             "digitmatch_batch_flushes_total", "Why a batch was cut", ["reason"], registry=r
         )
         self.pending_halves = Gauge("digitmatch_pending_halves", "Halves waiting for their partner", registry=r)
+        self.pending_bytes = Gauge("digitmatch_pending_bytes",
+                                   "Bytes of the halves waiting for their partner, as counted against --max-pending-bytes",
+                                   registry=r)
+        self.pending_bytes_limit = Gauge("digitmatch_pending_bytes_limit", "--max-pending-bytes", registry=r)
         self.pending_halves_limit = Gauge(
             "digitmatch_pending_halves_limit", "Configured bound on pending halves", registry=r
         )
@@ -63,6 +71,11 @@ class MatcherMetrics:
         self.kafka_errors = Counter("digitmatch_kafka_errors_total", "Kafka client errors", ["stage"], registry=r)
         self.model_info = Gauge("digitmatch_model_info", "Model being served (value 1)", ["name", "version"], registry=r)
         self.model_loads = Counter("digitmatch_model_loads_total", "Model (re)loads", ["result"], registry=r)
+        self.model_fallbacks = Counter(
+            "digitmatch_model_fallbacks_total",
+            "Swapped-in model versions that failed on a batch and were replaced by the previous version",
+            registry=r,
+        )
         self.verdicts_checked = Counter(
             "digitmatch_verdicts_checked_total",
             "Verdicts whose ground truth travelled with the halves (live accuracy)",

@@ -31,7 +31,7 @@ from digitmatch.child_process import spawn
 from digitmatch.kafka.admin import ensure_topics, wait_for_broker
 from digitmatch.kafka.configuration import KafkaConnection, quiet_client_logs
 from digitmatch.kafka.exceptions import BrokerBinaryMissing, BrokerExited, KafkaSetupError
-from digitmatch.settings import add_option
+from digitmatch.settings import add_option, host_name, path_problem
 
 log = logging.getLogger(__name__)
 
@@ -233,18 +233,22 @@ class EmbeddedBroker:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_option(parser, "--port", default=9092, type=int, help="port to listen on (0 = pick a free one)")
-    add_option(parser, "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = all)")
-    add_option(parser, "--advertised-host", default=None, help="host clients are told to connect to")
-    add_option(parser, "--partitions", default=DEFAULT_PARTITIONS, type=int,
+    add_option(parser, "--port", default=9092, type=int, ge=0, le=65535, help="port to listen on (0 = pick a free one)")
+    add_option(parser, "--host", default="127.0.0.1", type=host_name, help="address to listen on (0.0.0.0 = all)")
+    add_option(parser, "--advertised-host", default=None, type=host_name, help="host clients are told to connect to")
+    add_option(parser, "--partitions", default=DEFAULT_PARTITIONS, type=int, ge=1,
                help=f"partitions of {wire.TOPIC_PAIRS} and {wire.TOPIC_MATCHES}")  # fmt: skip
-    add_option(parser, "--dlq-partitions", default=DEFAULT_DLQ_PARTITIONS, type=int,
+    add_option(parser, "--dlq-partitions", default=DEFAULT_DLQ_PARTITIONS, type=int, ge=1,
                help=f"partitions of {wire.TOPIC_DLQ}")  # fmt: skip
     add_option(parser, "--broker-log", default=None, type=Path, help="file for the broker's own log")
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_client_logs()
+    problem = path_problem("--broker-log", args.broker_log, "new-file")
+    if problem:
+        print(f"digitmatch broker: {problem}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def _stop(signum, _frame):

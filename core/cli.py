@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,16 +25,41 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``digitmatch <command>: <what is wrong>``,
+    instead of the usage block (``serve`` has some forty options; ``--help`` shows it); exit
+    status 2."""
+
+    # The name errors go by: build_parser() sets it to the chosen subcommand's, so that a mistake
+    # in a global option (--log-level) or an unrecognized argument is reported under it too.
+    error_prog: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        prog = self.error_prog or self.prog
+        message = " ".join(str(message).splitlines())  # one line, whatever the message holds
+        self.exit(2, f"{prog}: {message}\n")
+
+
+def log_level(text: str) -> str:
+    if text.strip().upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid level {text!r} (choose from {', '.join(LOG_LEVELS)})")
+    return text.strip().upper()
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="digitmatch",
         description="Decide whether a spoken digit and a handwritten digit are the same number.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    parser.add_argument("--log-level", default="INFO", type=log_level, help="logging level (DEBUG, INFO, WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         if only == name:
+            parser.error_prog = sp.prog
             importlib.import_module(module_name).configure(sp)
     return parser
 
@@ -46,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(only=chosen).parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

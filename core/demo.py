@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from digitmatch import wire
-from digitmatch.settings import add_data_option, add_option, add_switch
+from digitmatch.settings import (MAX_MS, MAX_RATE, MAX_SECONDS, SEED_LIMIT, add_data_option, add_option,
+                                 add_switch, model_problem, path_problem)
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,28 @@ DEMO_GROUP = "digitmatch-demo"
 def configure(parser: argparse.ArgumentParser) -> None:
     from digitmatch.model.serving import DEFAULT_MODEL_ROOT
 
-    add_option(parser, "--pairs", default=2000, type=int, help="pairs to publish")
-    add_option(parser, "--rate", default=0.0, type=float, help="pairs per second (0 = as fast as possible)")
-    add_option(parser, "--partitions", default=4, type=int, help="partitions of pairs.in and matches.out")
-    add_option(parser, "--metrics-port", default=0, type=int, help="matcher's /metrics port (0 = a free one)")
-    add_option(parser, "--match-ratio", default=0.5, type=float, help="fraction of pairs showing the same digit")
-    add_option(parser, "--partner-missing-ratio", default=0.0, type=float,
+    add_option(parser, "--pairs", default=2000, type=int, ge=1, help="pairs to publish")
+    add_option(parser, "--rate", default=0.0, type=float, ge=0, le=MAX_RATE,
+               help="pairs per second (0 = as fast as possible)")
+    add_option(parser, "--partitions", default=4, type=int, ge=1, help="partitions of pairs.in and matches.out")
+    add_option(parser, "--metrics-port", default=0, type=int, ge=0, le=65535,
+               help="matcher's /metrics port (0 = a free one)")
+    add_option(parser, "--match-ratio", default=0.5, type=float, ge=0, le=1,
+               help="fraction of pairs showing the same digit")
+    add_option(parser, "--partner-missing-ratio", default=0.0, type=float, ge=0, le=1,
                help="fraction of pairs sent without their second half (they end 'unpaired')")  # fmt: skip
-    add_option(parser, "--invalid", default=0, type=int, help="malformed records to send (they go to pairs.dlq)")
-    add_option(parser, "--seed", default=0, type=int, help="seed for pairs and sending order")
+    add_option(parser, "--invalid", default=0, type=int, ge=0, help="malformed records to send (they go to pairs.dlq)")
+    add_option(parser, "--seed", default=0, type=int, ge=0, le=SEED_LIMIT, help="seed for pairs and sending order")
     add_data_option(parser)
     add_option(parser, "--model", default=DEFAULT_MODEL_ROOT, type=Path, help="SavedModel the matcher serves")
-    add_option(parser, "--max-batch-size", default=256, type=int, help="matcher: pairs per inference batch")
-    add_option(parser, "--max-delay-ms", default=20.0, type=float, help="matcher: longest wait to fill a batch")
-    add_option(parser, "--join-ttl-s", default=5.0, type=float,
+    add_option(parser, "--max-batch-size", default=256, type=int, ge=1, le=65536,
+               help="matcher: pairs per inference batch")
+    add_option(parser, "--max-delay-ms", default=20.0, type=float, ge=0, le=MAX_MS,
+               help="matcher: longest wait to fill a batch")
+    add_option(parser, "--join-ttl-s", default=5.0, type=float, gt=0, le=MAX_SECONDS,
                help="matcher: how long a half waits for its partner before 'unpaired'")  # fmt: skip
-    add_option(parser, "--timeout-s", default=180.0, type=float, help="give up waiting for verdicts after this")
+    add_option(parser, "--timeout-s", default=180.0, type=float, gt=0, le=MAX_SECONDS,
+               help="give up waiting for verdicts after this")
     add_switch(parser, "--keep-logs", help="keep the broker's and matcher's logs even when the demo succeeds")
     add_switch(parser, "--json", help="print exactly one JSON object on stdout (logs stay on stderr)")
 
@@ -73,7 +80,11 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--match-ratio and --partner-missing-ratio must be in [0, 1]"
     if args.invalid < 0:
         return f"--invalid must be >= 0, got {args.invalid}"
-    return None
+    from digitmatch.producer.load import data_dir_arg
+
+    model = model_problem("--model", args.model)
+    return path_problem("--data", data_dir_arg(args.data), "dir") or (
+        f"{model} (train one with `digitmatch train`)" if model else None)
 
 
 def invalid_records(run_id: str, n: int) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:

@@ -9,7 +9,8 @@ See docs/wire-format.md for the prose version. In short:
   truth digit and the produce time.
 * ``matches.out`` carries one JSON :class:`Verdict` per pair, keyed by pair ID.
 * ``pairs.dlq`` carries every message that failed validation, byte for byte, with the reason
-  added as headers (:func:`dead_letter_headers`).
+  added as headers (:func:`dead_letter_headers`); one too large for the dead-letter topic is cut,
+  with headers saying what was cut and the original's sizes (``consumer/dead_letter.py``).
 
 Validation order is chosen so that nothing large is touched before its size is checked:
 key, headers, declared shape and dtype, value length, and only then the array itself.
@@ -46,6 +47,11 @@ KNOWN_HEADERS = frozenset(REQUIRED_HEADERS + (H_DIGIT, H_PRODUCED_MS))
 H_DLQ_REASON = "dm-dlq-reason"
 H_DLQ_DETAIL = "dm-dlq-detail"
 H_DLQ_SOURCE = "dm-dlq-source"
+# Added after those only when the dead letter is not the whole original (consumer/dead_letter.py):
+H_DLQ_TRUNCATED = "dm-dlq-truncated"  # what was cut, of DLQ_CUT_PARTS, comma-separated
+H_DLQ_ORIGINAL_BYTES = "dm-dlq-original-bytes"  # DeadLetterSizes.encode()
+DLQ_CUT_PARTS = ("headers", "value", "key")  # the order in which they are cut, and listed
+MAX_DLQ_DETAIL_BYTES = 512
 
 # Limits, enforced before any array is built.
 MAX_PAIR_ID_LENGTH = 128
@@ -87,6 +93,8 @@ class Reason(str, Enum):
     TOO_LARGE = "too_large"
     SIZE_MISMATCH = "size_mismatch"
     NON_FINITE = "non_finite"
+    # The Kafka client could not read the record (a compressed batch it cannot inflate):
+    UNREADABLE = "unreadable"
     # Raised by the matcher's join, not by decoding:
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     ALREADY_DECIDED = "already_decided"
@@ -355,15 +363,74 @@ def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None)
     return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms)
 
 
+def dlq_detail(detail: str) -> bytes:
+    """``detail`` as the ``dm-dlq-detail`` value: UTF-8, cut to at most ``MAX_DLQ_DETAIL_BYTES``
+    at a character boundary (a detail can echo attacker input of any length)."""
+    raw = detail.encode("utf-8", "replace")
+    if len(raw) <= MAX_DLQ_DETAIL_BYTES:
+        return raw
+    return raw[:MAX_DLQ_DETAIL_BYTES].decode("utf-8", "ignore").encode("utf-8")
+
+
+class DeadLetterSizes(NamedTuple):
+    """The sizes of the original of a truncated dead letter, the ``dm-dlq-original-bytes`` header:
+    ``key=<n>,value=<n>,headers=<n>,header_count=<n>`` (bytes; a missing key or value counts 0;
+    ``headers`` is the bytes of every header name, UTF-8, and value), or
+    ``key=<n>,value=<n>,headers=unreadable`` when the client could not read the original headers."""
+
+    key: int
+    value: int
+    headers: int | None  # None: unreadable
+    header_count: int | None
+
+    @classmethod
+    def of(cls, key: bytes | None, value: bytes | None, headers: Headers | None, *,
+           headers_unreadable: bool = False) -> "DeadLetterSizes":  # fmt: skip
+        key_bytes, value_bytes = len(key or b""), len(value or b"")
+        if headers_unreadable:
+            return cls(key_bytes, value_bytes, None, None)
+        headers = headers or ()
+        header_bytes = sum(len(name.encode("utf-8", "surrogatepass")) + len(raw or b"") for name, raw in headers)
+        return cls(key_bytes, value_bytes, header_bytes, len(headers))
+
+    def encode(self) -> bytes:
+        if self.headers is None:
+            return f"key={self.key},value={self.value},headers=unreadable".encode("ascii")
+        sizes = f"key={self.key},value={self.value},headers={self.headers},header_count={self.header_count}"
+        return sizes.encode("ascii")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "DeadLetterSizes":
+        fields = dict(item.split("=", 1) for item in raw.decode("ascii").split(","))
+        if fields["headers"] == "unreadable":
+            return cls(int(fields["key"]), int(fields["value"]), None, None)
+        return cls(int(fields["key"]), int(fields["value"]), int(fields["headers"]), int(fields["header_count"]))
+
+
 def dead_letter_headers(
-    headers: Headers | None, reason: Reason, detail: str, source: str
+    headers: Headers | None,
+    reason: Reason,
+    detail: str,
+    source: str,
+    *,
+    truncated: Sequence[str] = (),
+    original: DeadLetterSizes | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The original headers plus reason, detail and ``topic:partition:offset`` of the source."""
-    return list(headers or ()) + [
+    """``headers`` (the original's, or what is kept of them) plus reason, detail (see
+    :func:`dlq_detail`) and ``topic:partition:offset`` of the source; for a truncated dead letter
+    (``truncated``: what was cut, of ``DLQ_CUT_PARTS``) also ``dm-dlq-truncated`` and
+    ``dm-dlq-original-bytes``, which is then always the last header."""
+    out = list(headers or ()) + [
         (H_DLQ_REASON, reason.value.encode()),
-        (H_DLQ_DETAIL, detail.encode("utf-8", "replace")[:512]),
-        (H_DLQ_SOURCE, source.encode()),
+        (H_DLQ_DETAIL, dlq_detail(detail)),
+        (H_DLQ_SOURCE, source.encode("utf-8", "replace")),
     ]
+    if truncated:
+        if original is None or not set(truncated) <= set(DLQ_CUT_PARTS):
+            raise ValueError(f"a truncated dead letter needs the original's sizes and parts of {DLQ_CUT_PARTS}")
+        out.append((H_DLQ_TRUNCATED, ",".join(part for part in DLQ_CUT_PARTS if part in truncated).encode("ascii")))
+        out.append((H_DLQ_ORIGINAL_BYTES, original.encode()))
+    return out
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from digitmatch.settings import add_data_option, add_option, add_switch
+from digitmatch.settings import (DEFAULT_DATA_DIR, SEED_LIMIT, add_data_option, add_option, add_switch,
+                                 model_problem, path_problem)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                help="model root (highest version) or one version directory")
     add_option(parser, "--fsdd", default=None, type=Path, help="use every FSDD recording in this directory")
     add_option(parser, "--mnist", default=None, type=Path, help="use the t10k-* IDX files in this directory")
-    add_option(parser, "--pairs", default=10000, type=int, help="number of pairs to score")
-    add_option(parser, "--match-ratio", default=0.5, type=float, help="fraction of matching pairs")
-    add_option(parser, "--seed", default=0, type=int, help="seed of the pairing")
-    add_option(parser, "--batch-size", default=512, type=int, help="pairs per inference call")
+    add_option(parser, "--pairs", default=10000, type=int, ge=1, help="number of pairs to score")
+    add_option(parser, "--match-ratio", default=0.5, type=float, ge=0, le=1, help="fraction of matching pairs")
+    add_option(parser, "--seed", default=0, type=int, ge=0, le=SEED_LIMIT, help="seed of the pairing")
+    add_option(parser, "--batch-size", default=512, type=int, ge=1, help="pairs per inference call")
     add_switch(parser, "--json", help="print one JSON object on stdout (logs go to stderr)")
     add_data_option(parser)
 
@@ -104,6 +105,12 @@ def run(args) -> int:
             raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
         if not 0.0 <= args.match_ratio <= 1.0:
             raise ValueError(f"--match-ratio must be in [0, 1], got {args.match_ratio}")
+        # The paths are checked before TensorFlow is imported.
+        problem = (model_problem("--model", args.model) or path_problem("--fsdd", args.fsdd, "dir")
+                   or path_problem("--mnist", args.mnist, "dir")
+                   or (None if args.data == DEFAULT_DATA_DIR else path_problem("--data", args.data, "dir")))
+        if problem:
+            raise ValueError(problem)
         model = ServingModel.load(args.model)
         recs, images, source = load_eval_data(args)
         log.info("model %s v%d; data: %s: %d recordings, %d images",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from digitmatch.settings import add_option, add_switch
+from digitmatch.settings import add_option, add_switch, model_problem
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +68,10 @@ def _text(info: dict[str, Any]) -> str:
 def run(args) -> int:
     from digitmatch.model.serving import ModelError
 
+    problem = model_problem("--model", args.model)  # before TensorFlow is imported
+    if problem:
+        print(f"digitmatch inspect: error: {problem}", file=sys.stderr)
+        return 2
     try:
         info = describe(args.model)
     except ModelError as exc:

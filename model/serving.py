@@ -4,6 +4,14 @@ and the benchmarks.
 Layout (TF Serving's): ``<root>/<version>/`` with ``saved_model.pb``, ``variables/`` and
 ``metadata.json``. :func:`resolve` accepts either the root (serves its highest version) or one
 version directory.
+
+:meth:`ServingModel.load` checks the ``serving_default`` signature against the serving contract
+(:data:`INPUTS`, :data:`OUTPUTS`; written by ``digitmatch.model.export``) before anything is run:
+inputs ``mfcc`` float32 ``[batch, frames, 13]`` and ``image`` uint8 ``[batch, 28, 28]`` with any
+batch size and any frame count (a dimension fixed where the contract has none, such as a batch of
+exactly 2, is refused), no other input, and outputs ``score`` float32 ``[batch]`` plus the optional
+digit heads float32 ``[batch, 10]``. The check reads the signature's declared specs only; whether
+the graph behind them computes is for the caller to try (the matcher's proof).
 """
 
 from __future__ import annotations
@@ -16,13 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from digitmatch.features import FeatureParams, pad_batch
+from digitmatch.features import N_MFCC, FeatureParams, pad_batch
 
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 METADATA_FILE = "metadata.json"
 DEFAULT_MODEL_ROOT = Path(__file__).resolve().parent / "savedmodels" / "digitmatch"
+
+# The serving contract: name -> (dtype, shape); None is a dimension of any size (batch, frames).
+INPUTS = {"mfcc": ("float32", (None, None, N_MFCC)), "image": ("uint8", (None, 28, 28))}
+OUTPUTS = {"score": ("float32", (None,))}
+HEADS = {"spoken_digit_probs": ("float32", (None, 10)), "written_digit_probs": ("float32", (None, 10))}
 
 
 class ModelError(RuntimeError):
@@ -66,6 +79,46 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
         raise ModelError(f"{meta_path} is missing") from None
     except json.JSONDecodeError as exc:
         raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
+
+
+def _spec_problem(name: str, spec, dtype: str, shape: tuple, *, is_input: bool) -> str | None:
+    """Why ``spec`` (a ``tf.TensorSpec``) breaks the contract's ``dtype`` and ``shape``, or None.
+
+    An input must accept every tensor of the contract's shape: a dimension the contract leaves
+    open must be open in the spec. An output may be less precisely declared than the contract
+    (an unknown rank or dimension), never differently."""
+    if spec.dtype.name != dtype:
+        return f"{'input' if is_input else 'output'} {name!r} is {spec.dtype.name}, the contract says {dtype}"
+    declared = spec.shape.as_list() if spec.shape.rank is not None else None
+    if declared is None:
+        return None
+    wrong = len(declared) != len(shape) or any(
+        (want is None and got is not None and is_input) or (want is not None and got not in (None, want))
+        for got, want in zip(declared, shape)
+    )
+    if wrong:
+        kind = "input" if is_input else "output"
+        return f"{kind} {name!r} is declared {declared}, the contract says {list(shape)} (None: any size)"
+    return None
+
+
+def check_signature(fn, where: Path) -> None:
+    """Raise :class:`ModelError` unless the signature ``fn`` (a concrete function) follows the
+    serving contract (module docstring)."""
+    _, inputs = fn.structured_input_signature
+    outputs = fn.structured_outputs
+    problems = [f"input {name!r} is missing" for name in INPUTS if name not in inputs]
+    problems += [f"it requires input {name!r}, which the matcher never sends" for name in inputs if name not in INPUTS]
+    problems += [f"output {name!r} is missing" for name in OUTPUTS if name not in outputs]
+    for name, (dtype, shape) in INPUTS.items():
+        if name in inputs:
+            problems.append(_spec_problem(name, inputs[name], dtype, shape, is_input=True))
+    for name, (dtype, shape) in {**OUTPUTS, **HEADS}.items():
+        if name in outputs and hasattr(outputs[name], "dtype"):
+            problems.append(_spec_problem(name, outputs[name], dtype, shape, is_input=False))
+    problems = [p for p in problems if p]
+    if problems:
+        raise ModelError(f"{where}: signature {SIGNATURE!r} breaks the serving contract: {'; '.join(problems)}")
 
 
 def set_cpu_threads(intra_op: int = 0, inter_op: int = 0) -> dict[str, int]:
@@ -116,6 +169,7 @@ class ServingModel:
             raise ModelError(f"cannot load SavedModel {version_dir}: {exc}") from exc
         if SIGNATURE not in loaded.signatures:
             raise ModelError(f"{version_dir} has no {SIGNATURE!r} signature")
+        check_signature(loaded.signatures[SIGNATURE], version_dir)
         model = cls(version_dir, version, metadata, loaded.signatures[SIGNATURE])
         model._keepalive = loaded  # the signature needs its object graph alive
         return model

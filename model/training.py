@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from digitmatch.features import DEFAULT_PARAMS, FeatureParams, pad_batch
-from digitmatch.settings import add_data_option, add_option, add_switch
+from digitmatch.settings import DEFAULT_DATA_DIR, SEED_LIMIT, add_data_option, add_option, add_switch, path_problem
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +76,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--arch", default="improved", choices=["improved", "seed"], help="network")
     add_option(parser, "--split", default="recording", type=split_type,
                help="held-out test set: 'recording' (FSDD index 0-4) or 'speaker:<name>'")
-    add_option(parser, "--epochs", default=20, type=int, help="maximum epochs (early stopping on validation loss)")
-    add_option(parser, "--patience", default=5, type=int, help="early-stopping patience in epochs (0 = off)")
-    add_option(parser, "--batch-size", default=128, type=int, help="pairs per training step")
-    add_option(parser, "--pairs-per-epoch", default=45000, type=int, help="training pairs per epoch")
-    add_option(parser, "--match-ratio", default=0.1, type=float, help="fraction of matching training pairs")
-    add_option(parser, "--seed", default=0, type=int, help="random seed (weights, pairs, augmentation)")
+    add_option(parser, "--epochs", default=20, type=int, ge=1, help="maximum epochs (early stopping on validation loss)")
+    add_option(parser, "--patience", default=5, type=int, ge=0, help="early-stopping patience in epochs (0 = off)")
+    add_option(parser, "--batch-size", default=128, type=int, ge=1, help="pairs per training step")
+    add_option(parser, "--pairs-per-epoch", default=45000, type=int, ge=1, help="training pairs per epoch")
+    add_option(parser, "--match-ratio", default=0.1, type=float, gt=0, lt=1,
+               help="fraction of matching training pairs (strictly between 0 and 1: the classes are weighted)")
+    add_option(parser, "--seed", default=0, type=int, ge=0, le=SEED_LIMIT, help="random seed (weights, pairs, augmentation)")
     add_data_option(parser)
     add_option(parser, "--out", default=DEFAULT_OUT, type=Path,
                help="model root: the SavedModel goes to ROOT/<version>/, reports to ROOT/reports/<version>/")
-    add_option(parser, "--version", default=None, type=int, help="version number (default: next free)")
-    add_option(parser, "--speed-factors", default=None, type=speed_factors_type,
+    add_option(parser, "--version", default=None, type=int, ge=1, help="version number (default: next free)")
+    add_option(parser, "--speed-factors", default=None, type=speed_factors_type, allow_empty=True,
                help="speed-perturbation factors of training audio, e.g. 0.9,1.1 ('' = none; default: the recipe's)")
-    add_option(parser, "--steps", default=None, type=int, help="cap on steps per epoch (smoke tests)")
-    add_option(parser, "--test-pairs", default=TEST_PAIRS, type=int, help="held-out pairs for the final metrics")
+    add_option(parser, "--steps", default=None, type=int, ge=1, help="cap on steps per epoch (smoke tests)")
+    add_option(parser, "--test-pairs", default=TEST_PAIRS, type=int, ge=1, help="held-out pairs for the final metrics")
     add_switch(parser, "--plots", help="write PNG plots (default on)")
     parser.set_defaults(plots=True)
     add_option(parser, "--verbose", default=2, type=int, choices=[0, 1, 2],
@@ -453,6 +454,12 @@ def run(args) -> int:
     from digitmatch.data.errors import DataError
 
     try:
+        # The paths are checked before TensorFlow is imported; a --data given must be a
+        # directory (the default's absence is reported by the data loaders).
+        problem = path_problem("--out", args.out, "new-dir") or (
+            None if args.data == DEFAULT_DATA_DIR else path_problem("--data", args.data, "dir"))
+        if problem:
+            raise ValueError(problem)
         version_dir = train(args)
     except (DataError, ValueError, OSError) as exc:
         print(f"digitmatch train: error: {exc}", file=__import__("sys").stderr)

@@ -30,7 +30,8 @@ from digitmatch import wire
 from digitmatch.features import DEFAULT_PARAMS, FeatureParams
 from digitmatch.kafka.configuration import KafkaConnection, add_connection_options, quiet_client_logs
 from digitmatch.producer.producer import PairProducer
-from digitmatch.settings import add_data_option, add_option, add_switch
+from digitmatch.settings import (MAX_MS, MAX_RATE, MAX_SECONDS, SEED_LIMIT, add_data_option, add_option,
+                                 add_switch, model_problem, path_problem)
 
 log = logging.getLogger(__name__)
 
@@ -234,21 +235,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     add_connection_options(parser)
     add_option(parser, "--topic", default=wire.TOPIC_PAIRS, help="topic to publish the halves to")
-    add_option(parser, "--pairs", default=1000, type=int, help="number of pairs to publish")
-    add_option(parser, "--rate", default=0.0, type=float, help="pairs per second (0 = as fast as possible)")
-    add_option(parser, "--match-ratio", default=0.5, type=float, help="fraction of pairs showing the same digit")
-    add_option(parser, "--seed", default=0, type=int, help="seed for pair construction and sending order")
-    add_option(parser, "--skew-ms", default=0.0, type=float,
+    add_option(parser, "--pairs", default=1000, type=int, ge=1, help="number of pairs to publish")
+    add_option(parser, "--rate", default=0.0, type=float, ge=0, le=MAX_RATE,
+               help="pairs per second (0 = as fast as possible)")
+    add_option(parser, "--match-ratio", default=0.5, type=float, ge=0, le=1, help="fraction of pairs showing the same digit")
+    add_option(parser, "--seed", default=0, type=int, ge=0, le=SEED_LIMIT, help="seed for pair construction and sending order")
+    add_option(parser, "--skew-ms", default=0.0, type=float, ge=0, le=MAX_MS,
                help="send each pair's second half up to this much later than its first")  # fmt: skip
-    add_option(parser, "--partner-missing-ratio", default=0.0, type=float,
+    add_option(parser, "--partner-missing-ratio", default=0.0, type=float, ge=0, le=1,
                help="fraction of pairs whose second half is never sent (they get 'unpaired' verdicts)")  # fmt: skip
     add_data_option(parser)
     add_option(parser, "--model", default=DEFAULT_MODEL_ROOT, type=Path,
                help="model whose MFCC settings (metadata.json) the spoken halves use")  # fmt: skip
     add_option(parser, "--run-id", default=None, help="pair-ID prefix (default: random, unique per run)")
-    add_option(parser, "--wait-for-broker-s", default=30.0, type=float, help="how long to wait for Kafka at start")
+    add_option(parser, "--wait-for-broker-s", default=30.0, type=float, ge=0, le=MAX_SECONDS,
+               help="how long to wait for Kafka at start")
     add_switch(parser, "--create-topics", help="create the three topics first if they do not exist")
-    add_option(parser, "--partitions", default=4, type=int, help="partitions for --create-topics")
+    add_option(parser, "--partitions", default=4, type=int, ge=1, help="partitions for --create-topics")
     add_switch(parser, "--json", help="print the summary as one JSON object")
 
 
@@ -265,7 +268,11 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--partner-missing-ratio must be in [0, 1], got {args.partner_missing_ratio}"
     if args.run_id is not None and not wire.PAIR_ID_PATTERN.fullmatch(f"{args.run_id}-0"):
         return f"--run-id must be letters, digits and ._:- only, got {args.run_id!r}"
-    return None
+    from digitmatch.model.serving import DEFAULT_MODEL_ROOT
+
+    # A --model given (not the default, whose absence means default MFCC settings) must be a model.
+    return path_problem("--data", data_dir_arg(args.data), "dir") or (
+        model_problem("--model", args.model) if args.model != DEFAULT_MODEL_ROOT else None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -216,3 +216,61 @@ def test_remembered_layouts_answer_like_the_header_by_header_check(half, frames,
     expected = _outcome(wire._checked_layout, headers)
     assert _outcome(wire._layout, headers) == expected
     assert _outcome(wire._layout, list(headers)) == expected  # remembered by now, if it passed
+
+
+# --------------------------------------------------------------------------- dead-letter headers
+
+
+@settings(max_examples=300, deadline=None)
+@given(detail=st.text(max_size=700) | st.integers(0, 400).map(lambda n: "é" * n + "€" * n + "😀" * n))
+def test_dead_letter_detail_is_cut_at_a_character_boundary(detail):
+    raw = wire.dlq_detail(detail)
+    assert len(raw) <= wire.MAX_DLQ_DETAIL_BYTES
+    text = raw.decode("utf-8")  # a whole number of characters
+    assert detail.startswith(text)
+    full = detail.encode("utf-8")
+    if len(full) <= wire.MAX_DLQ_DETAIL_BYTES:
+        assert raw == full
+    else:
+        assert len(raw) > wire.MAX_DLQ_DETAIL_BYTES - 4  # at most one character less than the cap
+
+
+def test_dead_letter_detail_with_a_lone_surrogate_is_still_utf8():
+    assert wire.dlq_detail("a\udc80b") == b"a?b"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.none() | st.binary(max_size=20),
+    value=st.none() | st.binary(max_size=20),
+    headers=st.none() | st.lists(st.tuples(st.text(max_size=10), st.none() | st.binary(max_size=10)), max_size=5),
+    unreadable=st.booleans(),
+)
+def test_dead_letter_sizes_round_trip(key, value, headers, unreadable):
+    sizes = wire.DeadLetterSizes.of(key, value, headers, headers_unreadable=unreadable)
+    assert sizes.key == len(key or b"") and sizes.value == len(value or b"")
+    if unreadable:
+        assert sizes.headers is None and sizes.encode().endswith(b",headers=unreadable")
+    else:
+        assert sizes.header_count == len(headers or ())
+        assert sizes.headers == sum(len(n.encode()) + len(v or b"") for n, v in headers or ())
+    assert wire.DeadLetterSizes.decode(sizes.encode()) == sizes
+    sizes.encode().decode("ascii")
+
+
+def test_truncated_dead_letter_headers_come_last_in_a_fixed_order():
+    sizes = wire.DeadLetterSizes(3, 1_000_000, 40, 2)
+    headers = wire.dead_letter_headers([("dm-schema", b"1")], Reason.TOO_LARGE, "big", "pairs.in:1:2",
+                                       truncated={"value", "headers"}, original=sizes)
+    assert headers == [
+        ("dm-schema", b"1"),
+        (wire.H_DLQ_REASON, b"too_large"),
+        (wire.H_DLQ_DETAIL, b"big"),
+        (wire.H_DLQ_SOURCE, b"pairs.in:1:2"),
+        (wire.H_DLQ_TRUNCATED, b"headers,value"),
+        (wire.H_DLQ_ORIGINAL_BYTES, b"key=3,value=1000000,headers=40,header_count=2"),
+    ]
+    with pytest.raises(ValueError):
+        wire.dead_letter_headers((), Reason.TOO_LARGE, "big", "s", truncated={"value"})
+    with pytest.raises(ValueError):
+        wire.dead_letter_headers((), Reason.TOO_LARGE, "big", "s", truncated={"everything"}, original=sizes)

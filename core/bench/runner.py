@@ -66,7 +66,7 @@ class Plan:
 def run_plan(session: BenchSession, plan: Plan) -> dict:
     results: dict = {"mode": plan.mode, "quick": plan.quick, "machine": machine(), "plan": asdict(plan),
                      "tensorflow_threads": session.threads,
-                     "matcher_kafka_client": session.matcher_defaults["kafka_client"]}
+                     "matcher_kafka_client": "librdkafka"}
     flags = {"max_batch_size": plan.max_batch_size, "max_delay_ms": plan.max_delay_ms}
     bench = None
     if plan.wants("pipeline") or plan.wants("scaleout"):

@@ -12,7 +12,6 @@ from pathlib import Path
 from digitmatch.bench.pipeline import PipelineBench
 from digitmatch.bench.records import RecordPool
 from digitmatch.broker import EmbeddedBroker
-from digitmatch.consumer.config import MatcherConfig
 from digitmatch.producer.load import PairSet, build_pairs, model_features
 
 log = logging.getLogger(__name__)
@@ -20,16 +19,13 @@ log = logging.getLogger(__name__)
 
 class BenchSession:
     def __init__(self, *, model: Path, data_dir: Path | None, pool_pairs: int, partitions: int = 4,
-                 keep_logs: bool = False, threads: tuple[int, int] = (1, 0),
-                 kafka_client: str = MatcherConfig.model_fields["kafka_client"].default):  # fmt: skip
+                 keep_logs: bool = False, threads: tuple[int, int] = (1, 0)):
         """``threads``: TensorFlow's (intra-op, inter-op) CPU threads in this process (model alone,
-        naive consumer) and in the matchers it starts, so that all of them run the model alike.
-        ``kafka_client``: the matchers' Kafka client library."""
+        naive consumer) and in the matchers it starts, so that all of them run the model alike."""
         from digitmatch.model.serving import set_cpu_threads
 
         self.threads = set_cpu_threads(*threads)
-        self.matcher_defaults = {"intra_op_threads": threads[0], "inter_op_threads": threads[1],
-                                 "kafka_client": kafka_client}
+        self.matcher_defaults = {"intra_op_threads": threads[0], "inter_op_threads": threads[1]}
         self.model_path = Path(model)
         self.data_dir = data_dir
         self.pool_pairs = pool_pairs

@@ -1,38 +1,36 @@
-"""Which Kafka client library the matcher runs on: ``kafka-python`` (pure Python, the default) or
-``librdkafka`` (``confluent-kafka``; see :mod:`.librdkafka`). Both give the matcher the same
-consumer and producer interface, and raise errors that :data:`CLIENT_ERRORS` catches."""
+"""The matcher's Kafka clients: librdkafka's (``confluent-kafka``, :mod:`.librdkafka`), behind the
+calls the poll loop makes; their errors are what :data:`CLIENT_ERRORS` catches.
+
+kafka-python stays the project's library for the producer command, the admin client and the
+readers, but it is no longer a client the matcher can run on (``--kafka-client`` is gone):
+
+* it cannot read past a record whose header name is not valid UTF-8 (legal on the wire): every
+  poll raises ``CorruptRecordError`` without saying which partition or offset, so the matcher can
+  neither dead-letter the record nor skip it, and the partitions stop for good
+  (docs/reliability.md, "Hostile input and pauses"); librdkafka returns the record, whose headers
+  are then reported unreadable and which is dead-lettered as ``bad_header``;
+* on it the matcher used a quarter more CPU per pair (docs/benchmarks.md), and its rebalance
+  listener runs on the client's I/O thread, which cost the loop a second commit path.
+"""
 
 from __future__ import annotations
-
-from typing import Any, Literal
 
 from kafka.errors import KafkaError
 
 from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.librdkafka import ClientError, LibrdkafkaConsumer, LibrdkafkaProducer
 
-ClientLibrary = Literal["kafka-python", "librdkafka"]
-CLIENT_LIBRARIES: tuple[str, ...] = ("kafka-python", "librdkafka")
-
+# kafka-python's errors too: the matcher's admin calls (topic metadata) use kafka-python.
 CLIENT_ERRORS = (KafkaError, ClientError)
 
 
-def new_producer(library: ClientLibrary, conn: KafkaConnection):
-    """A durable producer (see :meth:`KafkaConnection.producer_kwargs`)."""
-    if library == "librdkafka":
-        return LibrdkafkaProducer(conn)
-    from kafka import KafkaProducer
-
-    return KafkaProducer(**conn.producer_kwargs())
+def new_producer(conn: KafkaConnection) -> LibrdkafkaProducer:
+    """A durable producer (see :class:`LibrdkafkaProducer`)."""
+    return LibrdkafkaProducer(conn)
 
 
-def new_consumer(library: ClientLibrary, conn: KafkaConnection, group_id: str, *, session_timeout_ms: int,
-                 heartbeat_interval_ms: int, max_poll_records: int, fetch_max_wait_ms: int) -> Any:  # fmt: skip
-    """A group consumer with explicit commits (see :meth:`KafkaConnection.consumer_kwargs`)."""
-    settings = {"session_timeout_ms": session_timeout_ms, "heartbeat_interval_ms": heartbeat_interval_ms,
-                "fetch_max_wait_ms": fetch_max_wait_ms}
-    if library == "librdkafka":
-        return LibrdkafkaConsumer(conn, group_id, **settings)
-    from kafka import KafkaConsumer
-
-    return KafkaConsumer(**conn.consumer_kwargs(group_id, max_poll_records=max_poll_records, **settings))
+def new_consumer(conn: KafkaConnection, group_id: str, *, session_timeout_ms: int, heartbeat_interval_ms: int,
+                 fetch_max_wait_ms: int) -> LibrdkafkaConsumer:
+    """A group consumer with explicit commits (see :class:`LibrdkafkaConsumer`)."""
+    return LibrdkafkaConsumer(conn, group_id, session_timeout_ms=session_timeout_ms,
+                              heartbeat_interval_ms=heartbeat_interval_ms, fetch_max_wait_ms=fetch_max_wait_ms)

@@ -29,6 +29,7 @@ What differs from kafka-python, and how it is bridged here:
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from typing import Any, Callable, NamedTuple
@@ -54,6 +55,8 @@ SOFT_PAUSE_S = 5.0
 # while the matcher is paused, this is what waits in memory besides its own queues.
 PREFETCH_KIB = 16 * 1024
 HOLD_CHUNK = 1000  # records taken per call when emptying librdkafka's queue before its pause
+# Consumer errors about the data at one offset, which every fetch of it repeats.
+UNREADABLE_ERRORS = frozenset({confluent_kafka.KafkaError._BAD_COMPRESSION, confluent_kafka.KafkaError._BAD_MSG})
 
 
 class ClientError(Exception):
@@ -117,7 +120,27 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    # None when the headers cannot be read: confluent-kafka fails on a header name that is not
+    # valid UTF-8 (legal on the wire, where header names are bytes).
+    headers: list[tuple[str, bytes]] | None
+    timestamp: int  # epoch ms (-1 when the record has none)
+    # Why the client could not read the record at this offset at all (see UNREADABLE_ERRORS); its
+    # key and value are then None and its headers None.
+    unreadable: str | None = None
+
+
+# confluent-kafka's Message.headers() returns the list with the decode error of a bad header name
+# still pending. Called through the C API (methodcaller: PyObject_Vectorcall), that becomes a
+# SystemError at once; called from bytecode, CPython 3.11's specialised call skips the check and
+# the error surfaces at some later, unrelated call.
+_read_headers = operator.methodcaller("headers")
+
+
+def _headers(message) -> list[tuple[str, bytes]] | None:
+    try:
+        return _read_headers(message) or []
+    except (UnicodeDecodeError, SystemError):
+        return None
 
 
 class LibrdkafkaConsumer:
@@ -236,6 +259,11 @@ class LibrdkafkaConsumer:
             if error is not None:
                 if error.fatal():
                     raise ClientError(error)
+                if error.code() in UNREADABLE_ERRORS and message.partition() is not None and message.offset() >= 0:
+                    tp, record = self._unreadable(message, error)
+                    (self._held if tp in self._paused else records).setdefault(tp, []).append(record)
+                    last = None  # the partition's later messages are dropped: read again after the seek
+                    continue
                 log.warning("consumer: %s", error)
                 continue
             key = (message.topic(), message.partition())
@@ -246,8 +274,21 @@ class LibrdkafkaConsumer:
                     current = []
                 else:
                     current = (self._held if tp in self._paused else records).setdefault(tp, [])
-            current.append(Record(message.offset(), message.key(), message.value(), message.headers() or []))
+            current.append(Record(message.offset(), message.key(), message.value(), _headers(message),
+                                  message.timestamp()[1]))
         return records
+
+    def _unreadable(self, message, error) -> tuple[TopicPartition, Record]:
+        """A batch librdkafka cannot decode (a compression bomb it refuses to inflate, corrupt
+        data) stops its partition for good: every fetch fails on it again. The offset it failed at
+        is returned as an unreadable record and reading goes on after it (a batch of several such
+        records fails once per record, each reported at its own offset)."""
+        tp = self._tp(message.topic(), message.partition())
+        offset = message.offset()
+        log.warning("consumer: partition %d, offset %d cannot be read (%s): reported and skipped",
+                    tp.partition, offset, error.str())
+        self.seek(tp, offset + 1)
+        return tp, Record(offset, None, None, None, -1, f"the Kafka client cannot read it: {error.str()}")
 
     def _release_held(self, max_records: int) -> dict[TopicPartition, list[Record]]:
         released: dict[TopicPartition, list[Record]] = {}

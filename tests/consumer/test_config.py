@@ -40,14 +40,6 @@ def test_flag_beats_environment_beats_default(monkeypatch):
     assert config.kafka.bootstrap_servers == "kafka:9092"
 
 
-def test_kafka_client_library_from_flag_or_environment(monkeypatch):
-    assert parse([]).kafka_client == "librdkafka"
-    assert parse(["--kafka-client", "kafka-python"]).kafka_client == "kafka-python"
-    assert parse([], monkeypatch, {"DIGITMATCH_KAFKA_CLIENT": "kafka-python"}).kafka_client == "kafka-python"
-    with pytest.raises(SystemExit):
-        parse(["--kafka-client", "java"])
-
-
 def test_security_options_reach_the_connection(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("x")

@@ -2,14 +2,26 @@ import gc
 import logging
 import queue
 import shutil
+import threading
 import time
 import weakref
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from digitmatch.consumer.batcher import Batch, FlushReason
-from digitmatch.consumer.inference import InferenceWorker, ModelManager, freeze_heap, pair_verdicts, unpaired_verdict
+from digitmatch.consumer.inference import (
+    InferenceWorker,
+    ModelManager,
+    check_outputs,
+    freeze_heap,
+    pair_verdicts,
+    proof_batch_sizes,
+    proof_frame_counts,
+    prove,
+    unpaired_verdict,
+)
 from digitmatch.consumer.join import HalfRecord, JoinedPair, digest
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.model.serving import ModelError
@@ -29,6 +41,74 @@ def make_pair(pair_id, spoken_digit=None, written_digit=None, frames=30, produce
 
 def sample(metrics, name, labels=None):
     return metrics.registry.get_sample_value(name, labels or {})
+
+
+def wait_until(condition, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- faulty versions
+# Real SavedModels that break the serving contract in one way each: the tiny model exported by the
+# project's exporter, whose serving function (digitmatch.model.export.serving_function) is wrapped
+# in one that declares a fixed batch (``batch``) and/or changes what the graph computes (``fault``).
+
+LATE_FAILURE_FRAMES = 33  # the frame count on which the "fails_later" version fails
+
+
+def _faults():
+    import tensorflow as tf
+
+    def assert_op(check):
+        def fault(mfcc, result):
+            with tf.control_dependencies([check(mfcc)]):
+                return {name: tf.identity(value) for name, value in result.items()}
+        return fault
+
+    def score(change):
+        def fault(mfcc, result):
+            return {**result, "score": change(mfcc, result["score"])}
+        return fault
+
+    return {
+        # what an attacker exported: the batch dimension hidden in the graph, spec left open
+        "batch_2_in_graph": score(lambda mfcc, s: tf.reshape(s, [2])),
+        "fails_on_one_frame": assert_op(lambda mfcc: tf.debugging.assert_greater(tf.shape(mfcc)[1], 1)),
+        "nan_at_max_frames": score(lambda mfcc, s: tf.where(tf.shape(mfcc)[1] >= 40, s * float("nan"), s)),  # TINY
+        "one_score_per_batch": score(lambda mfcc, s: tf.reduce_mean(s, keepdims=True)),
+        "score_out_of_range": score(lambda mfcc, s: s + 1.5),
+        "nan_on_non_zero_input": score(lambda mfcc, s: s / tf.cast(tf.reduce_all(mfcc == 0), tf.float32)
+                                       * tf.cast(tf.reduce_all(mfcc == 0), tf.float32)),
+        # passes the proof (which never tries 33 frames), fails on a real batch that has them
+        "fails_later": assert_op(
+            lambda mfcc: tf.debugging.assert_none_equal(tf.shape(mfcc)[1], LATE_FAILURE_FRAMES)),
+    }
+
+
+def export_faulty(export_model, root, version, fault: str | None = None, *, batch: int | None = None):
+    """The tiny model (``export_model``: the fixture) as ``root/<version>``, with ``fault`` (a key
+    of ``_faults()``) in its graph and its inputs declared ``[batch, ...]``."""
+    import tensorflow as tf
+
+    import digitmatch.model.export as exporter
+
+    real = exporter.serving_function
+
+    def serving_function(model, max_frames, fixed_frames=None):
+        inner = real(model, max_frames, fixed_frames)
+        change = _faults()[fault] if fault else (lambda mfcc, result: result)
+
+        @tf.function(input_signature=[tf.TensorSpec([batch, None, 13], tf.float32, name="mfcc"),
+                                      tf.TensorSpec([batch, 28, 28], tf.uint8, name="image")])
+        def serve(mfcc, image):
+            return change(mfcc[:, :max_frames, :], inner(mfcc, image))
+
+        return serve
+
+    with mock.patch.object(exporter, "serving_function", serving_function):
+        return export_model(root, version)
 
 
 @pytest.fixture
@@ -277,3 +357,200 @@ def test_padding_beyond_max_frames_is_cut(tiny_model_dir):
     a = model.predict([pair.spoken.array], image)["score"]
     b = model.predict([longer], image)["score"]
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- the proof and fallback
+
+
+def test_the_proof_tries_small_odd_prime_and_largest_batches_at_short_middle_and_full_length():
+    assert proof_batch_sizes(256) == [1, 2, 3, 7, 256]
+    assert proof_batch_sizes(5) == [1, 2, 3, 5]
+    assert proof_batch_sizes(1) == [1]
+    assert proof_frame_counts(93) == [1, 47, 93]
+    assert proof_frame_counts(40) == [1, 20, 40]
+    assert proof_frame_counts(1) == [1]
+    assert LATE_FAILURE_FRAMES not in proof_frame_counts(40)  # what "fails_later" relies on
+
+
+def test_outputs_are_checked_for_dtype_shape_finiteness_and_range():
+    good = {"score": np.full(3, 0.5, np.float32), "spoken_digit_probs": np.full((3, 10), 0.1, np.float32)}
+    assert check_outputs(good, 3) is None
+    assert check_outputs({"score": np.full(3, 0.5, np.float32)}, 3) is None  # no digit heads
+    assert "no output 'score'" in check_outputs({}, 3)
+    assert "float64 [3]" in check_outputs({"score": np.full(3, 0.5)}, 3)
+    assert "float32 [1]" in check_outputs({"score": np.full(1, 0.5, np.float32)}, 3)
+    assert "[3, 9]" in check_outputs({**good, "spoken_digit_probs": np.zeros((3, 9), np.float32)}, 3)
+    assert "not finite" in check_outputs({"score": np.array([0.5, np.nan, 0.5], np.float32)}, 3)
+    assert "leaves [0, 1]" in check_outputs({"score": np.array([0.5, 1.5, 0.5], np.float32)}, 3)
+
+
+def test_the_proof_scores_every_size_at_every_frame_count_with_non_zero_input(tiny_model_dir):
+    model = ModelManager(tiny_model_dir).load()
+    calls = []
+    real = model.predict_padded
+
+    def spy(mfcc, images):
+        calls.append((mfcc.shape, images.shape, bool(mfcc.any()), bool(images.any())))
+        return real(mfcc, images)
+
+    with mock.patch.object(model, "predict_padded", spy):
+        assert prove(model, max_batch_size=16) == 15
+    assert {(m[0], m[1]) for m, _, _, _ in calls} == {(b, f) for b in (1, 2, 3, 7, 16) for f in (1, 20, 40)}
+    assert all(i == (m[0], 28, 28) and m[2] == 13 and non_zero and pixels for m, i, non_zero, pixels in calls)
+
+
+FAULTS = [  # (fault, declared batch, what the error says)
+    (None, 2, "'mfcc' is declared [2, None, 13]"),  # the attacker's version: rejected at load
+    ("batch_2_in_graph", None, "fails on a batch of 1 x 1 frames"),  # the same, hidden: the proof
+    ("fails_on_one_frame", None, "fails on a batch of 1 x 1 frames"),
+    ("nan_at_max_frames", None, "on a batch of 1 x 40 frames, output 'score' is not finite"),
+    ("one_score_per_batch", None, "on a batch of 2 x 1 frames, output 'score' is float32 [1]"),
+    ("score_out_of_range", None, "output 'score' leaves [0, 1]"),
+    ("nan_on_non_zero_input", None, "output 'score' is not finite"),  # a dummy batch of zeros passes
+]
+
+
+@pytest.mark.parametrize("fault,batch,error", FAULTS, ids=[f[0] or "batch_2_declared" for f in FAULTS])
+def test_a_new_version_that_cannot_serve_every_batch_is_never_swapped_in(
+        root, export_model, fault, batch, error, caplog):
+    metrics = MatcherMetrics()
+    manager = ModelManager(root, metrics, max_batch_size=16)
+    old = manager.load()
+    export_faulty(export_model, root, 2, fault, batch=batch)
+    with caplog.at_level(logging.ERROR):
+        assert manager.check_for_new_version() is False
+    assert manager.current is old and manager.previous is None and manager.serving
+    assert "model version 2" in caplog.text and "still serving v1" in caplog.text and error in caplog.text
+    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
+    assert sample(metrics, "digitmatch_model_loads_total", {"result": "ok"}) == 1
+    assert sample(metrics, "digitmatch_model_info", {"name": "tiny", "version": "1"}) == 1
+    assert manager.check_for_new_version() is False  # not tried again while its files are unchanged
+    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
+
+
+def test_the_old_version_keeps_deciding_every_batch_size_after_a_fixed_batch_version_is_refused(
+        root, export_model):
+    manager = ModelManager(root, max_batch_size=8)
+    manager.load()
+    export_faulty(export_model, root, 2, batch=2)
+    export_faulty(export_model, root, 3, "batch_2_in_graph")
+    assert manager.check_for_new_version() is False
+    batches = _queued([1, 2, 3, 7])
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((len(b), m.version)), max_pairs=1).start()
+    try:
+        batches.join()
+    finally:
+        worker.stop()
+    assert scored == [(1, 1), (2, 1), (3, 1), (7, 1)]
+
+
+def test_start_up_serves_the_highest_version_that_passes_the_proof(root, export_model):
+    export_faulty(export_model, root, 2, "batch_2_in_graph")
+    metrics = MatcherMetrics()
+    assert ModelManager(root, metrics).load().version == 1
+    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
+
+
+def test_a_version_that_fails_on_a_batch_after_the_swap_falls_back_to_the_previous(root, export_model, caplog):
+    """The "fails_later" version passes the proof and is swapped in; the first batch with 33 frames
+    fails on it: the previous version is restored, scores that batch, and keeps serving."""
+    metrics = MatcherMetrics()
+    manager = ModelManager(root, metrics, max_batch_size=8)
+    manager.load()
+    export_faulty(export_model, root, 2, "fails_later")
+    assert manager.check_for_new_version() is True
+    assert manager.current.version == 2 and manager.previous.version == 1
+    batches = queue.Queue()
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((b, m.version, v)), metrics).start()
+    try:
+        batches.put(Batch([make_pair("before", frames=10)], FlushReason.DEADLINE, 0.0, 0.0))
+        batches.join()
+        with caplog.at_level(logging.ERROR):
+            batches.put(Batch([make_pair("long", frames=LATE_FAILURE_FRAMES), make_pair("short", frames=5)],
+                              FlushReason.DEADLINE, 0.0, 0.0))
+            batches.join()
+        batches.put(Batch([make_pair("after", frames=LATE_FAILURE_FRAMES)], FlushReason.DEADLINE, 0.0, 0.0))
+        batches.join()
+    finally:
+        worker.stop()
+    assert [(len(b), version) for b, version, _ in scored] == [(1, 2), (2, 1), (1, 1)]
+    assert [v.model.version for _, _, vs in scored for v in vs] == [2, 1, 1, 1]
+    assert manager.current.version == 1 and manager.previous is None and manager.serving
+    assert "tiny v2 failed on a batch of 2 pairs after it was swapped in" in caplog.text
+    assert "fell back to tiny v1, v2 is skipped until its files change" in caplog.text
+    assert sample(metrics, "digitmatch_model_fallbacks_total") == 1
+    assert sample(metrics, "digitmatch_model_info", {"name": "tiny", "version": "1"}) == 1
+    assert sample(metrics, "digitmatch_model_info", {"name": "tiny", "version": "2"}) is None
+    assert manager.check_for_new_version() is False  # v2 is not swapped in again
+    assert manager._collect  # the watcher's next poll collects what is left of v2
+
+
+def test_a_batch_that_fails_with_nothing_to_fall_back_to_makes_the_model_not_serving(root, export_model, caplog):
+    """v1 fails on a batch and has no previous version: not serving (retried with backoff) until a
+    fixed version is swapped in, which scores the batch."""
+    shutil.rmtree(root / "1")
+    export_faulty(export_model, root, 1, "fails_later")
+    metrics = MatcherMetrics()
+    manager = ModelManager(root, metrics, max_batch_size=8)
+    manager.load()
+    batches = queue.Queue()
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(m.version), metrics).start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            batches.put(Batch([make_pair("long", frames=LATE_FAILURE_FRAMES)], FlushReason.DEADLINE, 0.0, 0.0))
+            wait_until(lambda: not manager.serving)
+        assert "tiny v1 failed on a batch of 1 pairs and there is no version to fall back to" in caplog.text
+        assert sample(metrics, "digitmatch_model_fallbacks_total") == 0
+        export_model(root, 2)
+        assert manager.check_for_new_version() is True
+        assert manager.serving
+        batches.join()
+    finally:
+        worker.stop()
+    assert scored == [2]
+
+
+def test_serving_resumes_when_a_batch_succeeds_after_the_fallback_failed_too(root, tiny_model_dir, publish_version):
+    """Failures injected at the ServingModel level: the batch fails on v2, falls back to v1, fails
+    there too (not serving), then succeeds on v1 (serving again)."""
+    manager = ModelManager(root, max_batch_size=8)
+    v1 = manager.load()
+    publish_version(tiny_model_dir, root, 2)
+    assert manager.check_for_new_version() is True
+    v2 = manager.current
+    healed = threading.Event()
+    real = v1.predict_padded
+
+    def v1_until_healed(mfcc, images):
+        if not healed.is_set():
+            raise RuntimeError("injected failure")
+        return real(mfcc, images)
+
+    batches = queue.Queue()
+    scored = []
+    with mock.patch.object(v2, "predict_padded", side_effect=RuntimeError("injected")), \
+            mock.patch.object(v1, "predict_padded", v1_until_healed):
+        worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(m.version)).start()
+        try:
+            batches.put(Batch([make_pair("x")], FlushReason.DEADLINE, 0.0, 0.0))
+            wait_until(lambda: not manager.serving)
+            assert manager.current is v1 and manager.previous is None
+            healed.set()
+            batches.join()
+        finally:
+            worker.stop()
+    assert scored == [1] and manager.serving
+
+
+def test_a_failure_reported_for_a_version_already_swapped_out_changes_nothing(root, tiny_model_dir, publish_version):
+    metrics = MatcherMetrics()
+    manager = ModelManager(root, metrics)
+    v1 = manager.load()
+    publish_version(tiny_model_dir, root, 2)
+    manager.check_for_new_version()
+    assert manager.batch_failed(v1, 3, RuntimeError("on the old version")) is True  # retry on the new one
+    assert manager.current.version == 2 and manager.previous is v1 and manager.serving
+    assert sample(metrics, "digitmatch_model_fallbacks_total") == 0

@@ -3,13 +3,25 @@ import gc
 import numpy as np
 import pytest
 
-from digitmatch.consumer.join import HalfRecord, JoinOutcome, JoinTable, digest
+from digitmatch.consumer.join import HALF_OVERHEAD_BYTES, HalfRecord, JoinOutcome, JoinTable, digest
+from digitmatch.consumer.stream_time import StreamClock
 from digitmatch.wire import Half
 
 
-def half(pair_id, which, offset, seen=0.0, partition=0, content=b"a", digit=None):
+def half(pair_id, which, offset, seen=0.0, partition=0, content=b"a", digit=None, stream_ms=None):
+    """A half read at monotonic ``seen`` s; its stream stamp is ``seen`` in ms unless given."""
     array = np.frombuffer(content, np.uint8)
-    return HalfRecord(partition, offset, pair_id, which, array, digest(content), seen, int(seen * 1000), digit)
+    stream = seen * 1000 if stream_ms is None else stream_ms
+    return HalfRecord(partition, offset, pair_id, which, array, digest(content), seen, int(seen * 1000), digit,
+                      None, stream)
+
+
+def clock_at(**partitions_ms) -> StreamClock:
+    """A stream clock whose partition ``p<N>`` stands at the given milliseconds."""
+    clock = StreamClock()
+    for name, ms in partitions_ms.items():
+        clock.observe(int(name[1:]), ms, ms)
+    return clock
 
 
 @pytest.mark.parametrize("first", [Half.SPOKEN, Half.WRITTEN])
@@ -78,19 +90,43 @@ def test_different_half_after_decision_is_already_decided():
     assert len(table) == 0
 
 
-def test_ttl_expiry_oldest_first_and_late_partner_is_already_decided():
+def test_ttl_expiry_by_stream_time_oldest_first_and_late_partner_is_already_decided():
     table = JoinTable(ttl_s=5, max_pending=10)
-    table.add(half("a", Half.SPOKEN, 0, seen=0.0))
-    table.add(half("b", Half.WRITTEN, 1, seen=2.0))
-    assert table.next_expiry() == 5.0
-    assert table.expire(4.9) == []
-    expired = table.expire(5.0)
-    assert [h.pair_id for h in expired] == ["a"]
-    assert table.next_expiry() == 7.0
-    assert [h.pair_id for h in table.expire(100)] == ["b"]
-    assert table.next_expiry() is None
+    table.add(half("a", Half.SPOKEN, 0, stream_ms=1_000))
+    table.add(half("b", Half.WRITTEN, 1, stream_ms=3_000))
+    assert table.expire(clock_at(p0=5_999)) == []
+    assert [h.pair_id for h in table.expire(clock_at(p0=6_000))] == ["a"]
+    assert [h.pair_id for h in table.expire(clock_at(p0=100_000))] == ["b"]
     late = table.add(half("a", Half.WRITTEN, 9, seen=6.0, content=b"w"))
     assert late.outcome is JoinOutcome.ALREADY_DECIDED
+
+
+def test_expiry_is_judged_per_partition_and_never_by_the_wall_clock():
+    table = JoinTable(ttl_s=5, max_pending=10)
+    # read long ago by the monotonic clock, but partition 1's stream has not moved past them
+    table.add(half("x", Half.SPOKEN, 0, seen=0.0, partition=0, stream_ms=1_000))
+    table.add(half("y", Half.SPOKEN, 0, seen=0.0, partition=1, stream_ms=1_000))
+    table.add(half("z", Half.SPOKEN, 0, seen=0.0, partition=2, stream_ms=1_000))
+    clock = clock_at(p0=7_000, p1=2_000)  # partition 2 has no stream time yet: nothing expires there
+    assert [h.pair_id for h in table.expire(clock)] == ["x"]
+    assert sorted(h.pair_id for h in table.pending()) == ["y", "z"]
+
+
+def test_bound_in_bytes_evicts_the_halves_read_first_whatever_their_partition():
+    per_half = 10 + HALF_OVERHEAD_BYTES
+    table = JoinTable(ttl_s=100, max_pending=1000, max_bytes=3 * per_half)
+    table.add(half("late-read", Half.SPOKEN, 0, seen=5.0, partition=0, content=b"0123456789"))
+    table.add(half("first-read", Half.SPOKEN, 0, seen=1.0, partition=1, content=b"0123456789"))
+    table.add(half("second-read", Half.SPOKEN, 1, seen=2.0, partition=1, content=b"0123456789"))
+    assert table.nbytes == 3 * per_half
+    result = table.add(half("big", Half.SPOKEN, 1, seen=6.0, partition=0, content=bytes(10 + per_half)))
+    assert [h.pair_id for h in result.evicted] == ["first-read", "second-read"]
+    assert table.nbytes == per_half + (10 + per_half + HALF_OVERHEAD_BYTES)  # late-read and big
+    assert len(table) == 2
+    assert table.add(half("big", Half.WRITTEN, 2, partition=0)).outcome is JoinOutcome.JOINED
+    assert table.nbytes == per_half
+    table.revoke([0])
+    assert table.nbytes == 0 and len(table) == 0
 
 
 def test_bound_evicts_the_oldest_pending_half():
@@ -179,7 +215,7 @@ def test_the_memory_of_decided_pairs_is_not_walked_by_the_garbage_collector():
     table.add(half("joined", Half.SPOKEN, 1))
     table.add(half("joined", Half.WRITTEN, 2))
     table.add(half("lone", Half.WRITTEN, 3))
-    assert [h.pair_id for h in table.expire(now=1.0)] == ["lone"]
+    assert [h.pair_id for h in table.expire(clock_at(p0=1_000))] == ["lone"]
     gc.collect()
     memory = table._decided[0]
     assert set(memory) == {"joined", "lone"}

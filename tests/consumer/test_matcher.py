@@ -25,30 +25,16 @@ from digitmatch.broker import EmbeddedBroker, free_port
 from digitmatch.consumer.config import MatcherConfig
 from digitmatch.consumer.matcher import Matcher
 from digitmatch.kafka.admin import ensure_topics
-from digitmatch.kafka.clients import CLIENT_LIBRARIES
 
 pytestmark = pytest.mark.slow
 
 TEST_GROUP_TIMING = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
-@pytest.fixture(scope="module", params=CLIENT_LIBRARIES)
-def kafka_client(request) -> str:
-    """Every test here runs on each Kafka client library the matcher supports."""
-    return request.param
-
-
-def group_id(name: str, client: str) -> str:
-    """A consumer group per test and client: a group is never shared by the two runs of a test
-    (Tansu keeps members that left a group until a later join times out)."""
-    return f"{name}.{client}"
-
-
-def matcher_config(broker, topics: Topics, model, group: str, client: str, **overrides) -> MatcherConfig:
+def matcher_config(broker, topics: Topics, model, group: str, **overrides) -> MatcherConfig:
     settings = {
         "kafka": broker.connection,
-        "kafka_client": client,
-        "group_id": group_id(group, client),
+                "group_id": group,
         "input_topic": topics.input,
         "output_topic": topics.output,
         "dlq_topic": topics.dlq,
@@ -103,11 +89,11 @@ def malformed_records():
 
 
 @pytest.fixture(scope="module")
-def scenario(broker, serving_model, kafka_client):
+def scenario(broker, serving_model):
     """One matcher, one stream with every situation: pairs in reverse order and far apart,
     duplicates, a conflicting duplicate, halves without a partner, a late partner, malformed records."""
     topics = Topics.create(broker.connection, "scenario")
-    config = matcher_config(broker, topics, serving_model, "scenario", kafka_client, join_ttl_s=TTL_S,
+    config = matcher_config(broker, topics, serving_model, "scenario", join_ttl_s=TTL_S,
                             max_batch_size=32, max_delay_ms=20)
     matcher = start_matcher_in_process(config)
     sender = Sender(broker.connection, topics.input)
@@ -284,17 +270,17 @@ def test_health_and_readiness(scenario):
 # --------------------------------------------------------------------------- groups, crashes, shutdown
 
 
-def test_two_matchers_share_the_partitions(broker, serving_model, kafka_client):
+def test_two_matchers_share_the_partitions(broker, serving_model):
     topics = Topics.create(broker.connection, "two")
     # a tiny inference queue also exercises pausing the partitions for back-pressure
-    a = Matcher(matcher_config(broker, topics, serving_model, "two", kafka_client, max_batch_size=4,
+    a = Matcher(matcher_config(broker, topics, serving_model, "two", max_batch_size=4,
                                max_queued_batches=1)).start()
     b = None
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
     try:
         assert a.wait_ready(60), f"matcher not ready: {a.readiness()} {a.error!r}"
-        b = Matcher(matcher_config(broker, topics, serving_model, "two", kafka_client, max_batch_size=4,
+        b = Matcher(matcher_config(broker, topics, serving_model, "two", max_batch_size=4,
                                    max_queued_batches=1)).start()
         deadline = time.monotonic() + 60
         while not (a.assigned and b.assigned and a.is_ready() and b.is_ready()) and time.monotonic() < deadline:
@@ -318,11 +304,11 @@ def test_two_matchers_share_the_partitions(broker, serving_model, kafka_client):
         a.stop()
 
 
-def test_back_pressure_pauses_the_partitions_and_resumes_them(broker, serving_model, kafka_client):
+def test_back_pressure_pauses_the_partitions_and_resumes_them(broker, serving_model):
     """Batches of one and room for one queued batch: reading outruns the model, so the matcher must
     pause its partitions (instead of blocking the poll loop) and resume them when there is room."""
     topics = Topics.create(broker.connection, "pressure", partitions=2)
-    matcher = start_matcher_in_process(matcher_config(broker, topics, serving_model, "pressure", kafka_client,
+    matcher = start_matcher_in_process(matcher_config(broker, topics, serving_model, "pressure",
                                                       max_batch_size=1, max_queued_batches=1))
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
@@ -356,9 +342,9 @@ def test_back_pressure_pauses_the_partitions_and_resumes_them(broker, serving_mo
         matcher.stop()
 
 
-def serve_flags(topics: Topics, model, group: str, client: str, **flags) -> dict:
+def serve_flags(topics: Topics, model, group: str, **flags) -> dict:
     """Flags of ``digitmatch serve`` (Python spelling) for the conftest's ``start_matcher``."""
-    return {"group_id": group_id(group, client), "kafka_client": client, "model": model, "input_topic": topics.input, "output_topic": topics.output,
+    return {"group_id": group, "model": model, "input_topic": topics.input, "output_topic": topics.output,
             "dlq_topic": topics.dlq, **TEST_GROUP_TIMING, **flags}
 
 
@@ -383,9 +369,9 @@ def _restart_and_check_every_pair(broker, start_matcher, flags, reader, pairs):
     return second, got
 
 
-def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_matcher, kafka_client):
+def test_matcher_killed_mid_stream_loses_no_pair(broker, serving_model, start_matcher):
     topics = Topics.create(broker.connection, "kill")
-    flags = serve_flags(topics, serving_model, "kill", kafka_client, join_ttl_s=KILL_TTL_S, max_batch_size=16)
+    flags = serve_flags(topics, serving_model, "kill", join_ttl_s=KILL_TTL_S, max_batch_size=16)
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
     pairs = make_pairs(400, "kill")
@@ -418,13 +404,13 @@ def _overlapping(pairs, gap: int = 3) -> list:
 
 
 def test_commit_point_moves_through_overlapping_pairs_and_a_restart_rejoins_split_pairs(
-        broker, serving_model, start_matcher, kafka_client):
+        broker, serving_model, start_matcher):
     topics = Topics.create(broker.connection, "overlap", partitions=1)
-    flags = serve_flags(topics, serving_model, "overlap", kafka_client, join_ttl_s=KILL_TTL_S, max_batch_size=16,
+    flags = serve_flags(topics, serving_model, "overlap", join_ttl_s=KILL_TTL_S, max_batch_size=16,
                         commit_interval_ms=200, lookback_records=100)
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
-    check = KafkaConsumer(**broker.connection.consumer_kwargs(group_id("overlap", kafka_client)))
+    check = KafkaConsumer(**broker.connection.consumer_kwargs("overlap"))
     tp = TopicPartition(topics.input, 0)
     pairs = make_pairs(300, "overlap")
     records = _overlapping(pairs)
@@ -453,10 +439,9 @@ def test_commit_point_moves_through_overlapping_pairs_and_a_restart_rejoins_spli
         reader.close()
 
 
-def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, serving_model, start_matcher,
-                                                                   kafka_client):
+def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, serving_model, start_matcher):
     topics = Topics.create(broker.connection, "term", partitions=2)
-    flags = serve_flags(topics, serving_model, "term", kafka_client, join_ttl_s=300,
+    flags = serve_flags(topics, serving_model, "term", join_ttl_s=300,
                         commit_interval_ms=60000)  # only the shutdown commits
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
@@ -480,12 +465,12 @@ def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, servi
         log = process.log_tail(20_000)
         assert "shutting down" in log and "matcher stopped" in log and not own_tracebacks(log)
 
-        check = KafkaConsumer(**broker.connection.consumer_kwargs(group_id("term", kafka_client)))
+        check = KafkaConsumer(**broker.connection.consumer_kwargs("term"))
         committed = {p: check.committed(TopicPartition(topics.input, p)) for p in range(2)}
         check.close()
         assert sum(committed.values()) == 2 * len(pairs)  # everything but the held half
 
-        restarted = start_matcher_in_process(matcher_config(broker, topics, serving_model, "term", kafka_client,
+        restarted = start_matcher_in_process(matcher_config(broker, topics, serving_model, "term",
                                                                   join_ttl_s=300))
         time.sleep(2.0)
         again = reader.poll(0.5)
@@ -504,13 +489,12 @@ def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, servi
             restarted.stop()
 
 
-def test_new_model_version_is_hot_swapped_between_batches(broker, tiny_model_dir, publish_version, tmp_path,
-                                                          kafka_client):
+def test_new_model_version_is_hot_swapped_between_batches(broker, tiny_model_dir, publish_version, tmp_path):
     topics = Topics.create(broker.connection, "swap", partitions=1)
     root = tmp_path / "models"
     root.mkdir()
     publish_version(tiny_model_dir, root, 1)
-    matcher = start_matcher_in_process(matcher_config(broker, topics, root, "swap", kafka_client, model_poll_s=0.2))
+    matcher = start_matcher_in_process(matcher_config(broker, topics, root, "swap", model_poll_s=0.2))
     sender = Sender(broker.connection, topics.input)
     reader = Reader(broker.connection, topics)
     try:
@@ -536,13 +520,13 @@ def test_new_model_version_is_hot_swapped_between_batches(broker, tiny_model_dir
         matcher.stop()
 
 
-def test_waits_for_a_broker_that_is_not_there_yet(tiny_model_dir, tmp_path, kafka_client):
+def test_waits_for_a_broker_that_is_not_there_yet(tiny_model_dir, tmp_path):
     port = free_port()
     broker = EmbeddedBroker(port, log_path=tmp_path / "late-broker.log")
-    topics = Topics(f"late-{kafka_client}.pairs.in", f"late-{kafka_client}.matches.out", f"late-{kafka_client}.pairs.dlq")
+    topics = Topics("late.pairs.in", "late.matches.out", "late.pairs.dlq")
     config = MatcherConfig(
         kafka=broker.connection.model_copy(update={"bootstrap_servers": f"127.0.0.1:{port}"}),
-        kafka_client=kafka_client, group_id="late", input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
+        group_id="late", input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
         model=tiny_model_dir, metrics_host="127.0.0.1", metrics_port=0, **TEST_GROUP_TIMING,
     )
     matcher = Matcher(config).start()

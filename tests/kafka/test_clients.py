@@ -1,4 +1,4 @@
-"""What the matcher's poll loop needs from either Kafka client, against a real Tansu broker."""
+"""What the matcher's poll loop needs from its Kafka client (librdkafka), against a real Tansu broker."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kafka.structs import TopicPartition
 
 from digitmatch.kafka import librdkafka
 from digitmatch.kafka.admin import ensure_topics
-from digitmatch.kafka.clients import CLIENT_LIBRARIES, new_consumer
+from digitmatch.kafka.clients import new_consumer
 
 pytestmark = pytest.mark.slow
 
@@ -30,28 +30,26 @@ def _backlog(broker, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in range(PARTITIONS)]
 
 
-def _consumer(client: str, broker, topic: str):
-    return new_consumer(client, broker.connection, f"g-{topic}", session_timeout_ms=6000,
-                        heartbeat_interval_ms=1000, fetch_max_wait_ms=20, max_poll_records=POLL)  # fmt: skip
+def _consumer(broker, topic: str):
+    return new_consumer(broker.connection, f"g-{topic}", session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                        fetch_max_wait_ms=20)
 
 
-@pytest.mark.parametrize("client,soft_pause_s", [
-    ("kafka-python", None),
-    ("librdkafka", None),  # pauses shorter than SOFT_PAUSE_S: records stay in librdkafka's queue
-    ("librdkafka", 0.0),  # every pause becomes librdkafka's own: prefetched records are held back
-], ids=["kafka-python", "librdkafka", "librdkafka-long-pauses"])  # fmt: skip
-def test_pausing_at_every_poll_keeps_what_was_fetched(broker, monkeypatch, client, soft_pause_s):
+@pytest.mark.parametrize("soft_pause_s", [
+    None,  # pauses shorter than SOFT_PAUSE_S: records stay in librdkafka's queue
+    0.0,  # every pause becomes librdkafka's own: prefetched records are held back
+], ids=["short-pauses", "long-pauses"])
+def test_pausing_at_every_poll_keeps_what_was_fetched(broker, monkeypatch, soft_pause_s):
     """The matcher pauses every partition when its inference queue is full and resumes them when
     a batch is scored, which under a slow model is after every poll. Records must keep coming in
     order, none while paused, and a resume must not throw away what was fetched: librdkafka's own
     pause does, and fetching it again after every resume made a poll come back empty 900 times
     here, slowed the drain five-fold and let one partition wait past the matcher's join TTL."""
-    assert client in CLIENT_LIBRARIES
     if soft_pause_s is not None:
         monkeypatch.setattr(librdkafka, "SOFT_PAUSE_S", soft_pause_s)
-    topic = f"pause-all-{client}-{soft_pause_s}"
+    topic = f"pause-all-{soft_pause_s}"
     tps = _backlog(broker, topic)
-    consumer = _consumer(client, broker, topic)
+    consumer = _consumer(broker, topic)
     got = dict.fromkeys(range(PARTITIONS), 0)
     polls = empty = 0  # polls that returned records, and polls after the first record that returned none
     try:
@@ -83,7 +81,7 @@ def test_records_of_a_paused_partition_come_back_in_order_after_resume(broker):
     are held back, not dropped, and continue where they stopped."""
     topic = "pause-some"
     tps = _backlog(broker, topic)
-    consumer = _consumer("librdkafka", broker, topic)
+    consumer = _consumer(broker, topic)
     got = dict.fromkeys(range(PARTITIONS), 0)
     try:
         consumer.subscribe([topic])

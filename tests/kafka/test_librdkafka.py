@@ -70,7 +70,7 @@ def _deliver(producer, topic: str, records: list[tuple]) -> list:
 def test_round_trip_with_a_group_consumer(broker):
     topic = "rdk-roundtrip"
     ensure_topics(broker.connection, {topic: 2})
-    producer = new_producer("librdkafka", broker.connection)
+    producer = new_producer(broker.connection)
     records = [(f"k{i}".encode(), f"v{i}".encode(), [("dm-half", b"spoken")] if i % 2 else [], i % 2)
                for i in range(20)]  # fmt: skip
     try:
@@ -92,7 +92,7 @@ def test_round_trip_with_a_group_consumer(broker):
         def on_partitions_lost(self, partitions):
             revoked.append(sorted(partitions))
 
-    consumer = new_consumer("librdkafka", broker.connection, "rdk-group", max_poll_records=500, **GROUP_TIMING)
+    consumer = new_consumer(broker.connection, "rdk-group", **GROUP_TIMING)
     try:
         consumer.subscribe([topic], listener=Listener())
         tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
@@ -161,7 +161,7 @@ def test_a_seek_right_after_the_assignment_is_not_lost(broker):
         def on_partitions_lost(self, partitions):
             pass
 
-    consumer = new_consumer("librdkafka", broker.connection, "rdk-early-seek", max_poll_records=500, **GROUP_TIMING)
+    consumer = new_consumer(broker.connection, "rdk-early-seek", **GROUP_TIMING)
     got: dict = {}
     try:
         consumer.subscribe([topic], listener=Listener())

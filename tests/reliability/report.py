@@ -19,7 +19,12 @@ ORDER = [
     ("Faults", ["crash_sigkill", "rebalance", "broker_absent_at_start", "broker_lost_mid_run",
                 "overload_burst", "partner_never_arrives"]),
     ("Bad input", ["bad_input_generated", "bad_input_join_rules"]),
-]  # fmt: skip
+    ("Hostile input and pauses", ["hostile_header_name", "hostile_oversized_dead_letter", "hostile_compression",
+                                  "hostile_http_flood",
+                                  "hostile_pause_4.5s", "hostile_pause_15s", "hostile_stale_owner",
+                                  "hostile_backlog_stream_time", "hostile_pending_bytes",
+                                  "hostile_frozen_broker_shutdown", "model_swap_unservable", "model_swap_fallback"]),
+]
 
 SUMMARY = [  # column title, figure names tried in order
     ("pairs sent", ["pairs_sent", "good_pairs_sent", "pairs_after"]),
@@ -60,10 +65,9 @@ How to read the figures:
   0.1-0.5 s) of any matcher process; **peak RSS**: highest `VmHWM` in `/proc/<pid>/status` of any
   matcher process.
 * Matcher processes run with `--session-timeout-ms 6000 --heartbeat-interval-ms 1000
-  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on the
-  Kafka client `DIGITMATCH_KAFKA_CLIENT` names (the matcher's default, librdkafka, unless set).
-  `tests/consumer/test_matcher.py` runs its crash, restart, rebalance and back-pressure tests on
-  both clients in every test run.
+  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on
+  librdkafka, the matcher's only Kafka client (`core/kafka/clients.py` says why kafka-python is no
+  longer one).
 """
 
 RULES = """\
@@ -88,7 +92,8 @@ RULES = """\
   eager protocol revokes everything, then assigns) is sought back to its commit point, so its
   dropped halves are read again (`reading partitions again from (read-back start, commit point)` in the log).
 * **Bad input** never reaches the join: it is copied to `pairs.dlq` byte for byte with
-  `dm-dlq-reason`, `dm-dlq-detail` and `dm-dlq-source`, and its offset counts as finished. A
+  `dm-dlq-reason`, `dm-dlq-detail` and `dm-dlq-source` (cut to fit `--max-dead-letter-bytes`
+  when it is too large, with headers saying so), and its offset counts as finished. A
   second copy of a pending half with other bytes is `conflicting_duplicate` (the first one read
   wins); an identical copy, or an identical half of a recently decided pair, is dropped silently;
   a half with other bytes for a recently decided pair is `already_decided`. A record with neither
@@ -102,6 +107,70 @@ RULES = """\
   matcher's librdkafka clients under librdkafka's, `tests/kafka/test_librdkafka.py`); the image
   runs as uid 10001.
 """
+
+
+HOSTILE = """\
+Tried as an attacker would, from outside, with the embedded broker
+(`tests/reliability/test_hostile_records.py`, `test_hostile_http.py`, `test_model_swap.py`). What
+each attack did before, and what changed:
+
+* **A header name that is not UTF-8** (legal: Kafka header names are bytes). Before: confluent-kafka
+  failed on reading the headers, the matcher exited and every restart read the record again;
+  kafka-python raised on every poll without naming the partition. Now the record is dead-lettered
+  as `bad_header` without its headers (they cannot be read), and kafka-python is no longer a client
+  the matcher runs on: it cannot read past such a record at all.
+* **Records at the size limit** (a 1 MiB value; 1.08 MB of headers). Before: the dead-letter copy
+  was over the producer's 1,000,000-byte limit, refused forever, and the commit point stayed
+  behind it. Now a dead letter is never over `--max-dead-letter-bytes` (default 1,000,000): large
+  headers go first, then the value and the key are cut to prefixes, and `dm-dlq-truncated` /
+  `dm-dlq-original-bytes` say so (docs/wire-format.md); a topic that still refuses gets the
+  smallest form (no value, ~1.5 kB). Counted in `digitmatch_dead_letters_truncated_total`.
+* **Compression bombs** (one record of 200 MiB of zeros, ~10 kB compressed, per codec). librdkafka
+  inflates gzip, snappy and lz4 (the record is then `too_large`); it refuses the zstd one
+  (`_BAD_COMPRESSION`), and before, every fetch failed on it again: the partition stopped. Now an
+  offset the client cannot read is dead-lettered as `unreadable` (source only) and reading goes on
+  after it. Peak RSS while the three others are inflated: see the figures.
+* **Idle connections on the metrics port** (1,100, half a request each). Before: a thread per
+  connection until the process ran out of file descriptors; `/metrics` and `/readyz` timed out, the
+  model watcher failed. Now one thread serves at most 256 connections; at the cap the oldest idle
+  or answered one makes room, request heads must arrive within 5 s and fit in 8 KiB, `/metrics` is
+  built at most every 100 ms.
+* **A stopped matcher** (SIGSTOP 4.5 s with a 3-s TTL, and 15 s past the session timeout with a
+  10-s TTL; partners produced during the pause). Before: every waiting half was declared
+  `unpaired` on SIGCONT, the partners then dead-lettered as `already_decided` (lost for good).
+  **A stopped matcher whose partitions moved**: before, it woke up and published `unpaired` for
+  pairs the other matcher had decided. **A backlog drained with a short TTL**: before, halves far
+  apart in the log expired while the matcher read from one to the other. Now a TTL is judged
+  against each partition's stream time (the highest record timestamp read, never ahead of the wall
+  clock; a quiet, caught-up partition moves on with the clock one step per poll at most:
+  `consumer/stream_time.py`), and no `unpaired` verdict is published for a partition the matcher
+  no longer owns.
+* **Large lone halves** (3,000 of 1,000 frames, 52 kB each) against `--max-pending-bytes`. Before:
+  only a count bound (100,000 halves, ~5 GiB of such halves). Now the pending halves are also
+  bounded in bytes (their arrays plus 1 KiB each, default 512 MiB); beyond it the halves read first
+  are declared `unpaired` early. Peak RSS stated in the figures.
+* **SIGTERM while the broker is frozen.** Before: still running after 240 s. Now the shutdown is
+  bounded by `--shutdown-timeout-s` (default 30 s): the drain gets half of it, and if committing or
+  leaving the group still hangs the process exits with status 3; what was not committed is read
+  again by the next matcher.
+* **A model version that cannot serve** (a fixed batch dimension of 2). Before: swapped in, then 0
+  pairs decided with `/readyz` 200. Now a version is proven on 15 realistic batches (sizes 1, 2, 3,
+  7 and `--max-batch-size`; 1, half and all frames) before it is served; a version that fails a
+  batch after the swap anyway is replaced by the previous one (`digitmatch_model_fallbacks_total`),
+  and `/readyz` says `model_serving: false` while no version can serve.
+* **Nonsense option values** (`tests/test_cli_options.py`: every option of every subcommand, by
+  flag and by variable: `abc`, empty, `-1`, `0`, `nan`, `±inf`, `1e400`, `10^23`, NUL, lone
+  surrogates, a line break, missing or wrong-kind paths; about 3,100 cases). Before: argparse usage
+  blocks, three tracebacks, 840 values accepted. Now each is refused in one line
+  (`digitmatch <command>: ...`, exit 2) before anything starts. A second `serve` on a taken metrics
+  port exits 2 in under a second, naming the address.
+* Also tried, no change needed: keys that are not UTF-8, empty, over 128 bytes or malformed
+  (`bad_pair_id`), header values that are not ASCII or over 64 bytes (`bad_header`), and the 17
+  families of the generated bad records above.
+
+"""
+
+SECTION_NOTES = {"Hostile input and pauses": HOSTILE}
 
 
 def fmt(value) -> str:
@@ -149,6 +218,8 @@ def render(data: dict) -> str:
     out.append("")
     for section, names in ORDER:
         out.append(f"## {section}\n")
+        if section in SECTION_NOTES:
+            out.append(SECTION_NOTES[section])
         for name in names:
             if name not in data:
                 out.append(f"### {name}\n\n_not measured in this run_\n")
