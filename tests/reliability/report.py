@@ -21,7 +21,8 @@ ORDER = [
     ("Bad input", ["bad_input_generated", "bad_input_join_rules"]),
     ("Hostile input and pauses", ["hostile_header_name", "hostile_oversized_dead_letter", "hostile_compression",
                                   "hostile_http_flood",
-                                  "hostile_pause_4.5s", "hostile_pause_15s", "hostile_stale_owner",
+                                  "hostile_pause_short", "hostile_pause_long", "hostile_pause_partners_after",
+                                  "hostile_stale_owner",
                                   "hostile_backlog_stream_time", "hostile_pending_bytes",
                                   "hostile_frozen_broker_shutdown", "model_swap_unservable", "model_swap_fallback"]),
 ]
