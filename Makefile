@@ -15,6 +15,10 @@ RELIABILITY_FIGURES ?= docs/reliability.json
 
 .PHONY: demo test reliability venv system-deps clean
 
+# setuptools' "Editable installation" notice, which pip shows on every install, is information only
+# (the package directories are mapped, so the editable install goes through an import hook).
+comma := ,
+$(STAMP): export PYTHONWARNINGS := $(if $(PYTHONWARNINGS),$(PYTHONWARNINGS)$(comma))ignore:Editable installation:UserWarning
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -34,8 +34,6 @@ class FlushReason(str, Enum):
 class Batch(Generic[T]):
     items: list[T]
     reason: FlushReason
-    opened: float  # monotonic time the first item entered
-    flushed: float  # monotonic time the batch was cut
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,7 +57,7 @@ class Batcher(Generic[T]):
             self._opened = now
         self._items.append(item)
         if len(self._items) >= self.max_size:
-            return self._cut(FlushReason.FULL, now)
+            return self._cut(FlushReason.FULL)
         return None
 
     def deadline(self) -> float | None:
@@ -69,23 +67,22 @@ class Batcher(Generic[T]):
     def due(self, now: float) -> Batch[T] | None:
         """The open batch if its oldest item has waited ``max_delay_s``."""
         if self._items and now - self._opened >= self.max_delay_s:
-            return self._cut(FlushReason.DEADLINE, now)
+            return self._cut(FlushReason.DEADLINE)
         return None
 
     def drain(self, now: float) -> Batch[T] | None:
         """Whatever is open, regardless of size and age."""
-        return self._cut(FlushReason.DRAIN, now) if self._items else None
+        return self._cut(FlushReason.DRAIN) if self._items else None
 
-    def _cut(self, reason: FlushReason, now: float) -> Batch[T]:
-        batch = Batch(self._items, reason, self._opened, now)
+    def _cut(self, reason: FlushReason) -> Batch[T]:
+        batch = Batch(self._items, reason)
         self._items = []
         return batch
 
 
 def combine(batches: list[Batch[T]]) -> Batch[T]:
-    """One batch of the items of ``batches``, in order; it keeps the first batch's flush reason and
-    opening time, and the last one's cut time."""
+    """One batch of the items of ``batches``, in order; it keeps the first batch's flush reason."""
     if len(batches) == 1:
         return batches[0]
     items = [item for batch in batches for item in batch.items]
-    return Batch(items, batches[0].reason, batches[0].opened, batches[-1].flushed)
+    return Batch(items, batches[0].reason)

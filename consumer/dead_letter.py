@@ -1,6 +1,6 @@
 """Dead letters: a rejected ``pairs.in`` record goes to ``pairs.dlq`` byte for byte (same key, value
 and headers) plus ``dm-dlq-reason``, ``dm-dlq-detail`` and ``dm-dlq-source`` (``topic:partition:offset``),
-so it can be inspected and replayed. See :func:`digitmatch.wire.dead_letter_headers`.
+so it can be inspected and replayed. See :func:`dead_letter_headers`.
 
 A dead letter must always be one the producer and the broker take: a record near the broker's
 largest message (a 1 MB value, 900 KB of extra headers) is rejected, and its copy with three more
@@ -18,7 +18,7 @@ would hold the commit point behind it forever. So :func:`dead_letter` builds a r
    and the key is cut to its prefix that fits.
 5. A truncated dead letter carries two more headers, last: ``dm-dlq-truncated`` (what was cut:
    ``headers``, ``value``, ``key``, comma-separated in that order) and ``dm-dlq-original-bytes``
-   (:class:`~digitmatch.wire.DeadLetterSizes`: ``key=<n>,value=<n>,headers=<n>,header_count=<n>``).
+   (:class:`DeadLetterSizes`: ``key=<n>,value=<n>,headers=<n>,header_count=<n>``).
    The partition and offset of the original are in ``dm-dlq-source``, so it can be read there.
 
 ``dm-dlq-detail`` is at most 512 bytes in every form (cut at a character boundary). A record whose
@@ -35,15 +35,18 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+from digitmatch.kafka.client import OutgoingRecord
 from digitmatch.wire import (
     DLQ_CUT_PARTS,
+    H_DLQ_DETAIL,
     H_DLQ_ORIGINAL_BYTES,
+    H_DLQ_REASON,
     H_DLQ_SOURCE,
     H_DLQ_TRUNCATED,
+    MAX_DLQ_DETAIL_BYTES,
     MAX_HEADER_BYTES,
-    DeadLetterSizes,
+    Headers,
     Reason,
-    dead_letter_headers,
 )
 
 # The size estimate (encoded_size), an upper bound of what Kafka's record format v2 takes:
@@ -58,12 +61,74 @@ KEPT_HEADERS = 16
 SMALLEST_KEY_BYTES = 256
 
 
-class OutgoingRecord(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    partition: int | None = None  # None: the producer's partitioner picks it from the key
+def dlq_detail(detail: str) -> bytes:
+    """``detail`` as the ``dm-dlq-detail`` value: UTF-8, cut to at most ``MAX_DLQ_DETAIL_BYTES``
+    at a character boundary (a detail can echo attacker input of any length)."""
+    raw = detail.encode("utf-8", "replace")
+    if len(raw) <= MAX_DLQ_DETAIL_BYTES:
+        return raw
+    return raw[:MAX_DLQ_DETAIL_BYTES].decode("utf-8", "ignore").encode("utf-8")
+
+
+class DeadLetterSizes(NamedTuple):
+    """The sizes of the original of a truncated dead letter, the ``dm-dlq-original-bytes`` header:
+    ``key=<n>,value=<n>,headers=<n>,header_count=<n>`` (bytes; a missing key or value counts 0;
+    ``headers`` is the bytes of every header name, UTF-8, and value), or
+    ``key=<n>,value=<n>,headers=unreadable`` when the client could not read the original headers."""
+
+    key: int
+    value: int
+    headers: int | None  # None: unreadable
+    header_count: int | None
+
+    @classmethod
+    def of(cls, key: bytes | None, value: bytes | None, headers: Headers | None, *,
+           headers_unreadable: bool = False) -> "DeadLetterSizes":
+        key_bytes, value_bytes = len(key or b""), len(value or b"")
+        if headers_unreadable:
+            return cls(key_bytes, value_bytes, None, None)
+        headers = headers or ()
+        header_bytes = sum(len(name.encode("utf-8", "surrogatepass")) + len(raw or b"") for name, raw in headers)
+        return cls(key_bytes, value_bytes, header_bytes, len(headers))
+
+    def encode(self) -> bytes:
+        if self.headers is None:
+            return f"key={self.key},value={self.value},headers=unreadable".encode("ascii")
+        sizes = f"key={self.key},value={self.value},headers={self.headers},header_count={self.header_count}"
+        return sizes.encode("ascii")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "DeadLetterSizes":
+        fields = dict(item.split("=", 1) for item in raw.decode("ascii").split(","))
+        if fields["headers"] == "unreadable":
+            return cls(int(fields["key"]), int(fields["value"]), None, None)
+        return cls(int(fields["key"]), int(fields["value"]), int(fields["headers"]), int(fields["header_count"]))
+
+
+def dead_letter_headers(
+    headers: Headers | None,
+    reason: Reason,
+    detail: str,
+    source: str,
+    *,
+    truncated: Sequence[str] = (),
+    original: DeadLetterSizes | None = None,
+) -> list[tuple[str, bytes]]:
+    """``headers`` (the original's, or what is kept of them) plus reason, detail (see
+    :func:`dlq_detail`) and ``topic:partition:offset`` of the source; for a truncated dead letter
+    (``truncated``: what was cut, of ``DLQ_CUT_PARTS``) also ``dm-dlq-truncated`` and
+    ``dm-dlq-original-bytes``, which is then always the last header."""
+    out = list(headers or ()) + [
+        (H_DLQ_REASON, reason.value.encode()),
+        (H_DLQ_DETAIL, dlq_detail(detail)),
+        (H_DLQ_SOURCE, source.encode("utf-8", "replace")),
+    ]
+    if truncated:
+        if original is None or not set(truncated) <= set(DLQ_CUT_PARTS):
+            raise ValueError(f"a truncated dead letter needs the original's sizes and parts of {DLQ_CUT_PARTS}")
+        out.append((H_DLQ_TRUNCATED, ",".join(part for part in DLQ_CUT_PARTS if part in truncated).encode("ascii")))
+        out.append((H_DLQ_ORIGINAL_BYTES, original.encode()))
+    return out
 
 
 def source_of(topic: str, partition: int, offset: int) -> str:
@@ -72,7 +137,7 @@ def source_of(topic: str, partition: int, offset: int) -> str:
 
 def _headers_size(headers: Sequence[tuple[str, bytes | None]]) -> int:
     return sum(HEADER_OVERHEAD + len(name.encode("utf-8", "surrogatepass")) + len(raw or b"")
-               for name, raw in headers)  # fmt: skip
+               for name, raw in headers)
 
 
 def encoded_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]) -> int:
@@ -147,7 +212,7 @@ def dead_letter(
         value = value[:room]
         cut.add("value")
     return OutgoingRecord(dlq_topic, key, value,
-                          dead_letter_headers(kept, reason, detail, source, truncated=cut, original=sizes))  # fmt: skip
+                          dead_letter_headers(kept, reason, detail, source, truncated=cut, original=sizes))
 
 
 def is_truncated(record: OutgoingRecord) -> bool:
@@ -195,5 +260,5 @@ def smallest(record: OutgoingRecord) -> OutgoingRecord:
     if not cut:
         return record
     headers = added[:3] + [(H_DLQ_TRUNCATED, ",".join(p for p in DLQ_CUT_PARTS if p in cut).encode("ascii")),
-                           (H_DLQ_ORIGINAL_BYTES, sizes.encode())]  # fmt: skip
+                           (H_DLQ_ORIGINAL_BYTES, sizes.encode())]
     return OutgoingRecord(record.topic, key, value, headers, record.partition)

@@ -1,6 +1,6 @@
 """The matcher's HTTP endpoints: ``/metrics`` (Prometheus text format), ``/healthz`` (the process
-answers) and ``/readyz`` (200 once the model is loaded and warmed up and partitions are assigned,
-503 with the unmet conditions otherwise).
+answers) and ``/readyz`` (200 once a model version is loaded, proven and serving, the broker is
+connected and partitions are assigned; 503 with the unmet conditions otherwise).
 
 Anyone who can reach the port can open connections to it, so the server is built so that no use
 of it costs the data path more than a bounded share of the process:

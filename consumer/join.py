@@ -110,10 +110,6 @@ class JoinedPair:
         return self.spoken.pair_id
 
     @property
-    def partition(self) -> Hashable:
-        return self.spoken.partition
-
-    @property
     def first(self) -> HalfRecord:
         return self.spoken if self.spoken.seen <= self.written.seen else self.written
 

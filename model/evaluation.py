@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from digitmatch.settings import (DEFAULT_DATA_DIR, SEED_LIMIT, add_data_option, add_option, add_switch,
-                                 model_problem, path_problem)
+from digitmatch.settings import (SEED_LIMIT, add_data_option, add_option, add_switch, data_problem, model_problem,
+                                 path_problem)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def run(args) -> int:
         # The paths are checked before TensorFlow is imported.
         problem = (model_problem("--model", args.model) or path_problem("--fsdd", args.fsdd, "dir")
                    or path_problem("--mnist", args.mnist, "dir")
-                   or (None if args.data == DEFAULT_DATA_DIR else path_problem("--data", args.data, "dir")))
+                   or data_problem(args.data))
         if problem:
             raise ValueError(problem)
         model = ServingModel.load(args.model)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from digitmatch.features import DEFAULT_PARAMS, FeatureParams, pad_batch
-from digitmatch.settings import DEFAULT_DATA_DIR, SEED_LIMIT, add_data_option, add_option, add_switch, path_problem
+from digitmatch.settings import SEED_LIMIT, add_data_option, add_option, add_switch, data_problem, path_problem
 
 log = logging.getLogger(__name__)
 
@@ -456,8 +456,7 @@ def run(args) -> int:
     try:
         # The paths are checked before TensorFlow is imported; a --data given must be a
         # directory (the default's absence is reported by the data loaders).
-        problem = path_problem("--out", args.out, "new-dir") or (
-            None if args.data == DEFAULT_DATA_DIR else path_problem("--data", args.data, "dir"))
+        problem = path_problem("--out", args.out, "new-dir") or data_problem(args.data)
         if problem:
             raise ValueError(problem)
         version_dir = train(args)

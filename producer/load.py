@@ -22,16 +22,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from digitmatch import wire
 from digitmatch.features import DEFAULT_PARAMS, FeatureParams
 from digitmatch.kafka.configuration import KafkaConnection, add_connection_options, quiet_client_logs
 from digitmatch.producer.producer import PairProducer
-from digitmatch.settings import (MAX_MS, MAX_RATE, MAX_SECONDS, SEED_LIMIT, add_data_option, add_option,
-                                 add_switch, model_problem, path_problem)
+from digitmatch.settings import (MAX_MS, MAX_RATE, MAX_SECONDS, SEED_LIMIT, Cli, DataOption, add_model_options, build,
+                                 data_problem, field_of, model_problem, values_from_args)
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,9 @@ def model_features(model: Path | None) -> FeatureParams:
 
 
 def data_dir_arg(path: Path | None) -> Path | None:
-    """``--data`` as given, or None when it is the built-in default, so that
-    :func:`digitmatch.data.sample.resolve_data_dir` finds ``../shared/data`` beside the repository
-    from any working directory."""
-    from digitmatch.settings import DEFAULT_DATA_DIR
-
-    return None if path is None or Path(path) == DEFAULT_DATA_DIR else Path(path)
+    """``--data`` as a path: its default is already resolved by the one rule of
+    :func:`digitmatch.settings.default_data_dir`."""
+    return None if path is None else Path(path)
 
 
 def build_pairs(
@@ -188,7 +187,7 @@ def publish_pairs(
         failures.append(exc)
 
     bar = tqdm(total=len(events), unit="msg", file=sys.stderr, disable=None if progress is None else not progress,
-               desc="producing", leave=False)  # fmt: skip
+               desc="producing", leave=False)
     started_ms = int(time.time() * 1000)
     t0 = time.monotonic()
     halves = 0
@@ -230,49 +229,57 @@ def publish_pairs(
 # --------------------------------------------------------------------------- CLI
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def _default_model_root() -> Path:
     from digitmatch.model.serving import DEFAULT_MODEL_ROOT
 
+    return DEFAULT_MODEL_ROOT
+
+
+class ProduceOptions(BaseModel):
+    """``digitmatch produce``'s options, after the connection's (:class:`KafkaConnection`): each
+    field is one flag with its ``DIGITMATCH_*`` variable (digitmatch.settings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    topic: str = Field(wire.TOPIC_PAIRS, description="topic to publish the halves to")
+    pairs: int = Field(1000, ge=1, description="number of pairs to publish")
+    rate: float = Field(0.0, ge=0, le=MAX_RATE, description="pairs per second (0 = as fast as possible)")
+    match_ratio: float = Field(0.5, ge=0, le=1, description="fraction of pairs showing the same digit")
+    seed: int = Field(0, ge=0, le=SEED_LIMIT, description="seed for pair construction and sending order")
+    skew_ms: float = Field(0.0, ge=0, le=MAX_MS,
+                           description="send each pair's second half up to this much later than its first")
+    partner_missing_ratio: float = Field(0.0, ge=0, le=1, description=(
+        "fraction of pairs whose second half is never sent (they get 'unpaired' verdicts)"))
+    data: Path = field_of(DataOption, "data")
+    model: Path = Field(default_factory=_default_model_root,
+                        description="model whose MFCC settings (metadata.json) the spoken halves use")
+    run_id: str | None = Field(None, description="pair-ID prefix (default: random, unique per run)")
+    wait_for_broker_s: float = Field(30.0, ge=0, le=MAX_SECONDS, description="how long to wait for Kafka at start")
+    create_topics: bool = Field(False, description="create the three topics first if they do not exist")
+    partitions: int = Field(4, ge=1, description="partitions for --create-topics")
+    json_output: Annotated[bool, Cli(flag="--json")] = Field(False, description="print the summary as one JSON object")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, value: str | None) -> str | None:
+        if value is not None and not wire.PAIR_ID_PATTERN.fullmatch(f"{value}-0"):
+            raise ValueError(f"must be letters, digits and ._:- only, got {value!r}")
+        return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
     add_connection_options(parser)
-    add_option(parser, "--topic", default=wire.TOPIC_PAIRS, help="topic to publish the halves to")
-    add_option(parser, "--pairs", default=1000, type=int, ge=1, help="number of pairs to publish")
-    add_option(parser, "--rate", default=0.0, type=float, ge=0, le=MAX_RATE,
-               help="pairs per second (0 = as fast as possible)")
-    add_option(parser, "--match-ratio", default=0.5, type=float, ge=0, le=1, help="fraction of pairs showing the same digit")
-    add_option(parser, "--seed", default=0, type=int, ge=0, le=SEED_LIMIT, help="seed for pair construction and sending order")
-    add_option(parser, "--skew-ms", default=0.0, type=float, ge=0, le=MAX_MS,
-               help="send each pair's second half up to this much later than its first")  # fmt: skip
-    add_option(parser, "--partner-missing-ratio", default=0.0, type=float, ge=0, le=1,
-               help="fraction of pairs whose second half is never sent (they get 'unpaired' verdicts)")  # fmt: skip
-    add_data_option(parser)
-    add_option(parser, "--model", default=DEFAULT_MODEL_ROOT, type=Path,
-               help="model whose MFCC settings (metadata.json) the spoken halves use")  # fmt: skip
-    add_option(parser, "--run-id", default=None, help="pair-ID prefix (default: random, unique per run)")
-    add_option(parser, "--wait-for-broker-s", default=30.0, type=float, ge=0, le=MAX_SECONDS,
-               help="how long to wait for Kafka at start")
-    add_switch(parser, "--create-topics", help="create the three topics first if they do not exist")
-    add_option(parser, "--partitions", default=4, type=int, ge=1, help="partitions for --create-topics")
-    add_switch(parser, "--json", help="print the summary as one JSON object")
+    add_model_options(parser, ProduceOptions)
 
 
 def _check(args: argparse.Namespace) -> str | None:
-    if args.pairs < 1:
-        return f"--pairs must be at least 1, got {args.pairs}"
-    if args.rate < 0:
-        return f"--rate must be >= 0, got {args.rate}"
-    if not 0 <= args.match_ratio <= 1:
-        return f"--match-ratio must be in [0, 1], got {args.match_ratio}"
-    if args.skew_ms < 0:
-        return f"--skew-ms must be >= 0, got {args.skew_ms}"
-    if not 0 <= args.partner_missing_ratio <= 1:
-        return f"--partner-missing-ratio must be in [0, 1], got {args.partner_missing_ratio}"
-    if args.run_id is not None and not wire.PAIR_ID_PATTERN.fullmatch(f"{args.run_id}-0"):
-        return f"--run-id must be letters, digits and ._:- only, got {args.run_id!r}"
-    from digitmatch.model.serving import DEFAULT_MODEL_ROOT
-
+    try:
+        build(ProduceOptions, values_from_args(ProduceOptions, args))
+    except ValueError as exc:
+        return str(exc)
     # A --model given (not the default, whose absence means default MFCC settings) must be a model.
-    return path_problem("--data", data_dir_arg(args.data), "dir") or (
-        model_problem("--model", args.model) if args.model != DEFAULT_MODEL_ROOT else None)
+    return data_problem(args.data) or (
+        model_problem("--model", args.model) if args.model != _default_model_root() else None)
 
 
 def run(args: argparse.Namespace) -> int:

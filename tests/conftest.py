@@ -32,7 +32,7 @@ def data_dir() -> Path:
 
 
 def _broker(log_dir: Path, **kwargs):
-    from digitmatch.broker import EmbeddedBroker
+    from digitmatch.dev.broker import EmbeddedBroker
 
     return EmbeddedBroker(log_path=log_dir / "tansu.log", **kwargs)
 
@@ -57,7 +57,7 @@ class _MatcherStarter:
         self.started = []
 
     def __call__(self, bootstrap: str, *, ready: bool = True, ready_timeout_s: float = 180.0, **flags):
-        from digitmatch.matcher_process import MatcherProcess
+        from digitmatch.dev.matcher_process import MatcherProcess
 
         log_path = self.log_dir / f"matcher-{len(self.started)}.log"
         proc = MatcherProcess(bootstrap, log_path=log_path, **flags).start()

@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaProducer
 
 from digitmatch import wire
-from digitmatch.broker import EmbeddedBroker, free_port
+from digitmatch.dev.broker import EmbeddedBroker, free_port
 from digitmatch.kafka.admin import topic_partitions, wait_for_broker
 from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.exceptions import BrokerExited, BrokerUnavailable

@@ -104,7 +104,7 @@ ACCEPTED: dict[tuple[str, str], set[str]] = {
     ("train", "--out"): NEW_DIR,
     ("bench", "--report"): NEW_DIR,
     ("broker", "--broker-log"): NEW_FILE,
-    # an existing directory without fsdd/ and mnist/ means the shipped sample (core/data/sample.py)
+    # an existing directory without fsdd/ and mnist/ means the shipped sample (digitmatch/data/sample.py)
     **{(command, "--data"): {EMPTY_DIR} for command in ("demo", "train", "evaluate", "produce", "bench")},
     # their contents are checked by the loaders (a one-line DataError, before anything is served)
     ("evaluate", "--fsdd"): {EMPTY_DIR},
@@ -225,10 +225,10 @@ def _started(*args, **kwargs):
 def guarded(monkeypatch, tmp_path):
     """No DIGITMATCH_* variables, an empty working directory, and every command's start replaced
     by :class:`Started` (validation runs before it)."""
-    import digitmatch.bench.session
-    import digitmatch.broker
+    import digitmatch.dev.bench.session
+    import digitmatch.dev.broker
     import digitmatch.consumer.matcher
-    import digitmatch.demo
+    import digitmatch.dev.demo
     import digitmatch.kafka.admin
     import digitmatch.model.serving
     import digitmatch.model.training
@@ -240,9 +240,9 @@ def guarded(monkeypatch, tmp_path):
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # serve and broker install handlers
     monkeypatch.setattr(digitmatch.consumer.matcher, "Matcher", _started)  # serve
     monkeypatch.setattr(digitmatch.kafka.admin, "wait_for_broker", _started)  # produce
-    monkeypatch.setattr(digitmatch.demo, "_run", _started)  # demo: broker, matcher, producer
-    monkeypatch.setattr(digitmatch.bench.session, "BenchSession", _started)  # bench
-    monkeypatch.setattr(digitmatch.broker.EmbeddedBroker, "start", _started)  # broker
+    monkeypatch.setattr(digitmatch.dev.demo, "_run", _started)  # demo: broker, matcher, producer
+    monkeypatch.setattr(digitmatch.dev.bench.session, "BenchSession", _started)  # bench
+    monkeypatch.setattr(digitmatch.dev.broker.EmbeddedBroker, "start", _started)  # broker
     monkeypatch.setattr(digitmatch.model.training, "train", _started)  # train (TensorFlow)
     monkeypatch.setattr(digitmatch.model.serving.ServingModel, "load", _started)  # evaluate, inspect
     return monkeypatch

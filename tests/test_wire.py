@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digitmatch import wire
+from digitmatch.consumer.dead_letter import DeadLetterSizes, dead_letter_headers, dlq_detail
 from digitmatch.wire import InvalidMessage, Reason
 
 RNG = np.random.default_rng(0)
@@ -118,7 +119,7 @@ def test_crafted_record_is_rejected_with_its_reason(reason, record):
     with pytest.raises(InvalidMessage) as caught:
         wire.decode_half(record["key"], record["value"], record["headers"])
     assert caught.value.reason is reason
-    headers = wire.dead_letter_headers(record["headers"], caught.value.reason, caught.value.detail, "pairs.in:0:7")
+    headers = dead_letter_headers(record["headers"], caught.value.reason, caught.value.detail, "pairs.in:0:7")
     assert headers[: len(record["headers"])] == list(record["headers"])
     assert dict(headers[-3:]) == {
         wire.H_DLQ_REASON: reason.value.encode(),
@@ -150,7 +151,7 @@ def test_encoders_refuse_what_the_matcher_would_reject(encode, reason):
 
 header_names = st.sampled_from(sorted(wire.KNOWN_HEADERS) + ["dm-x", "other"]) | st.text(max_size=12)
 header_values = st.none() | st.binary(max_size=80) | st.sampled_from([b"1", b"spoken", b"written", b"28,28",
-                                                                      b"5,13", b"<f4", b"|u1", b"7"])  # fmt: skip
+                                                                      b"5,13", b"<f4", b"|u1", b"7"])
 
 
 @settings(max_examples=400, deadline=None)
@@ -226,7 +227,7 @@ def test_remembered_layouts_answer_like_the_header_by_header_check(half, frames,
 @settings(max_examples=300, deadline=None)
 @given(detail=st.text(max_size=700) | st.integers(0, 400).map(lambda n: "é" * n + "€" * n + "😀" * n))
 def test_dead_letter_detail_is_cut_at_a_character_boundary(detail):
-    raw = wire.dlq_detail(detail)
+    raw = dlq_detail(detail)
     assert len(raw) <= wire.MAX_DLQ_DETAIL_BYTES
     text = raw.decode("utf-8")  # a whole number of characters
     assert detail.startswith(text)
@@ -238,7 +239,7 @@ def test_dead_letter_detail_is_cut_at_a_character_boundary(detail):
 
 
 def test_dead_letter_detail_with_a_lone_surrogate_is_still_utf8():
-    assert wire.dlq_detail("a\udc80b") == b"a?b"
+    assert dlq_detail("a\udc80b") == b"a?b"
 
 
 @settings(max_examples=200, deadline=None)
@@ -249,20 +250,20 @@ def test_dead_letter_detail_with_a_lone_surrogate_is_still_utf8():
     unreadable=st.booleans(),
 )
 def test_dead_letter_sizes_round_trip(key, value, headers, unreadable):
-    sizes = wire.DeadLetterSizes.of(key, value, headers, headers_unreadable=unreadable)
+    sizes = DeadLetterSizes.of(key, value, headers, headers_unreadable=unreadable)
     assert sizes.key == len(key or b"") and sizes.value == len(value or b"")
     if unreadable:
         assert sizes.headers is None and sizes.encode().endswith(b",headers=unreadable")
     else:
         assert sizes.header_count == len(headers or ())
         assert sizes.headers == sum(len(n.encode()) + len(v or b"") for n, v in headers or ())
-    assert wire.DeadLetterSizes.decode(sizes.encode()) == sizes
+    assert DeadLetterSizes.decode(sizes.encode()) == sizes
     sizes.encode().decode("ascii")
 
 
 def test_truncated_dead_letter_headers_come_last_in_a_fixed_order():
-    sizes = wire.DeadLetterSizes(3, 1_000_000, 40, 2)
-    headers = wire.dead_letter_headers([("dm-schema", b"1")], Reason.TOO_LARGE, "big", "pairs.in:1:2",
+    sizes = DeadLetterSizes(3, 1_000_000, 40, 2)
+    headers = dead_letter_headers([("dm-schema", b"1")], Reason.TOO_LARGE, "big", "pairs.in:1:2",
                                        truncated={"value", "headers"}, original=sizes)
     assert headers == [
         ("dm-schema", b"1"),
@@ -273,6 +274,6 @@ def test_truncated_dead_letter_headers_come_last_in_a_fixed_order():
         (wire.H_DLQ_ORIGINAL_BYTES, b"key=3,value=1000000,headers=40,header_count=2"),
     ]
     with pytest.raises(ValueError):
-        wire.dead_letter_headers((), Reason.TOO_LARGE, "big", "s", truncated={"value"})
+        dead_letter_headers((), Reason.TOO_LARGE, "big", "s", truncated={"value"})
     with pytest.raises(ValueError):
-        wire.dead_letter_headers((), Reason.TOO_LARGE, "big", "s", truncated={"everything"}, original=sizes)
+        dead_letter_headers((), Reason.TOO_LARGE, "big", "s", truncated={"everything"}, original=sizes)

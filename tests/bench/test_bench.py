@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 # The shipped held-out sample (an empty --data directory falls back to it) keeps pair building quick.
 TINY = ["--seconds", "2.5", "--naive-pairs", "12", "--batch-sizes", "1,8,32", "--model-seconds", "0.1",
-        "--pool-pairs", "100"]  # fmt: skip
+        "--pool-pairs", "100"]
 
 
 def bench(tmp_path: Path, *args: str, timeout: float = 240) -> dict:
@@ -26,7 +26,7 @@ def bench(tmp_path: Path, *args: str, timeout: float = 240) -> dict:
     empty.mkdir(exist_ok=True)
     env = {**os.environ, "DIGITMATCH_DATA": str(empty), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run([sys.executable, "-m", "digitmatch.cli", "bench", *args, "--json"], capture_output=True,
-                          text=True, env=env, timeout=timeout)  # fmt: skip
+                          text=True, env=env, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected exactly one JSON line on stdout, got {done.stdout[:2000]!r}"
@@ -67,7 +67,7 @@ def test_quick_json_has_the_keys_with_sane_values(tmp_path):
     r = bench(tmp_path, "--quick", *TINY, "--max-batch-size", "64", "--max-delay-ms", "10")
     assert r["matcher_kafka_client"] == "librdkafka"
     for key in ("model_pairs_per_s", "naive_pairs_per_s", "pipeline_pairs_per_s", "pipeline_vs_model",
-                "pipeline_vs_naive", "p50_ms", "p95_ms", "p99_ms", "max_batch_size", "max_delay_ms"):  # fmt: skip
+                "pipeline_vs_naive", "p50_ms", "p95_ms", "p99_ms", "max_batch_size", "max_delay_ms"):
         assert key in r, key
     assert r["max_batch_size"] == 64 and r["max_delay_ms"] == 10
     for key in ("model_pairs_per_s", "naive_pairs_per_s", "pipeline_pairs_per_s", "p50_ms"):
@@ -90,7 +90,7 @@ def test_quick_json_has_the_keys_with_sane_values(tmp_path):
 
 def test_every_mode_and_the_report(tmp_path):
     r = bench(tmp_path, "all", *TINY, "--loads", "0.1,1.2", "--sweep-batch-sizes", "16", "--sweep-delays-ms", "5",
-              "--report", str(tmp_path / "docs"), timeout=420)  # fmt: skip
+              "--report", str(tmp_path / "docs"), timeout=420)
     flags = {"max_batch_size": r["max_batch_size"], "max_delay_ms": r["max_delay_ms"]}
     check_model(r, [1, 8, 32])
     points = r["pipeline"]["points"]

@@ -70,3 +70,9 @@ def serving_model(tiny_model_dir) -> Path:
     from digitmatch.model.serving import DEFAULT_MODEL_ROOT, versions
 
     return DEFAULT_MODEL_ROOT if versions(DEFAULT_MODEL_ROOT) else tiny_model_dir
+
+
+@pytest.fixture
+def root(tmp_path, tiny_model_dir, publish_version):
+    publish_version(tiny_model_dir, tmp_path, 1)
+    return tmp_path

@@ -10,7 +10,6 @@ def test_cut_when_full():
     batch = b.add("c", 0.2)
     assert batch.items == ["a", "b", "c"]
     assert batch.reason is FlushReason.FULL
-    assert batch.opened == 0.0 and batch.flushed == 0.2
     assert len(b) == 0 and b.deadline() is None
 
 
@@ -55,11 +54,11 @@ def test_rejects_bad_limits():
         Batcher(max_size=1, max_delay_s=-1)
 
 
-def test_combine_keeps_the_order_the_first_reason_and_opening_and_the_last_cut():
-    first = Batch(["a", "b"], FlushReason.DEADLINE, 1.0, 1.02)
-    second = Batch(["c"], FlushReason.FULL, 1.01, 1.03)
+def test_combine_keeps_the_order_and_the_first_reason():
+    first = Batch(["a", "b"], FlushReason.DEADLINE)
+    second = Batch(["c"], FlushReason.FULL)
     both = combine([first, second])
     assert both.items == ["a", "b", "c"]
-    assert (both.reason, both.opened, both.flushed) == (FlushReason.DEADLINE, 1.0, 1.03)
+    assert both.reason is FlushReason.DEADLINE
     assert first.items == ["a", "b"]  # the parts are left as they were
     assert combine([second]) is second

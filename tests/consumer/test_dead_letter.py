@@ -13,9 +13,12 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from digitmatch import wire
 from digitmatch.consumer.dead_letter import (
+    DeadLetterSizes,
     KEPT_HEADER_BYTES,
     MIN_DEAD_LETTER_BYTES,
     SMALLEST_KEY_BYTES,
+    dead_letter_headers,
+    dlq_detail,
     OutgoingRecord,
     dead_letter,
     encoded_size,
@@ -24,7 +27,8 @@ from digitmatch.consumer.dead_letter import (
     smallest,
     source_of,
 )
-from digitmatch.kafka.librdkafka import ClientError, LibrdkafkaProducer
+from digitmatch.kafka.client import ClientError
+from digitmatch.kafka.librdkafka_producer import LibrdkafkaProducer
 
 
 def test_dead_letter_keeps_the_record_and_adds_the_reason():
@@ -62,7 +66,7 @@ WORST_CUT = len(b"headers,value,key")
 def kafka_size(record) -> int:
     """The bytes of a record batch holding only ``record``, as kafka-python encodes it."""
     builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
-                                        producer_epoch=-1, base_sequence=-1, batch_size=2**31 - 1)  # fmt: skip
+                                        producer_epoch=-1, base_sequence=-1, batch_size=2**31 - 1)
     assert builder.append(0, int(time.time() * 1000), record.key, record.value, record.headers) is not None
     return len(builder.build())
 
@@ -78,7 +82,7 @@ def slices(largest: int):
 
 
 header_names = (st.sampled_from(sorted(wire.KNOWN_HEADERS) + ["traceparent", wire.H_DLQ_TRUNCATED, wire.H_DLQ_SOURCE])
-                | st.text(max_size=80) | st.integers(0, 400_000).map(lambda n: "n" * n))  # fmt: skip
+                | st.text(max_size=80) | st.integers(0, 400_000).map(lambda n: "n" * n))
 header_values = st.none() | st.binary(max_size=70) | slices(2 * MB)
 topics = st.text("abcxyz.-_019", min_size=1, max_size=249)
 
@@ -90,7 +94,7 @@ def check_dead_letter(original, out, max_bytes, unreadable, reason, detail, sour
     assert size(out) <= max_bytes
     assert kafka_size(out) <= size(out)  # the estimate is an upper bound of the real encoding
     names = [name for name, _ in out.headers]
-    whole = wire.dead_letter_headers(headers, reason, detail, source)
+    whole = dead_letter_headers(headers, reason, detail, source)
     if not unreadable and encoded_size(key, value, whole) <= max_bytes:
         assert not is_truncated(out)  # a copy that fits is sent as it is
         assert (out.key, out.value, out.headers[: len(headers)]) == (key, value, headers)
@@ -98,10 +102,10 @@ def check_dead_letter(original, out, max_bytes, unreadable, reason, detail, sour
         return
     assert is_truncated(out)
     assert names[-5:] == [wire.H_DLQ_REASON, wire.H_DLQ_DETAIL, wire.H_DLQ_SOURCE, wire.H_DLQ_TRUNCATED,
-                          wire.H_DLQ_ORIGINAL_BYTES]  # fmt: skip
+                          wire.H_DLQ_ORIGINAL_BYTES]
     kept = out.headers[:-5]
-    sizes = wire.DeadLetterSizes.decode(out.headers[-1][1])
-    assert sizes == wire.DeadLetterSizes.of(key, value, headers, headers_unreadable=unreadable) == original_sizes(out)
+    sizes = DeadLetterSizes.decode(out.headers[-1][1])
+    assert sizes == DeadLetterSizes.of(key, value, headers, headers_unreadable=unreadable) == original_sizes(out)
     cut = out.headers[-2][1].decode("ascii").split(",")
     assert cut == [part for part in wire.DLQ_CUT_PARTS if part in cut]
     # What is kept is a prefix (key, value) or a subsequence of small ones (headers) of the original.
@@ -135,21 +139,21 @@ def check_dead_letter(original, out, max_bytes, unreadable, reason, detail, sour
 def test_any_dead_letter_fits(key, value, headers, max_bytes, topic, partition, offset, reason, detail, unreadable):
     out = dead_letter("pairs.dlq", topic=topic, partition=partition, offset=offset, key=key, value=value,
                       headers=None if unreadable else headers, reason=reason, detail=detail,
-                      max_bytes=max_bytes, headers_unreadable=unreadable)  # fmt: skip
+                      max_bytes=max_bytes, headers_unreadable=unreadable)
     original = (key, value, None if unreadable else headers)
     check_dead_letter(original, out, max_bytes, unreadable, reason, detail, source_of(topic, partition, offset))
     event("cut: " + (out.headers[-2][1].decode() if is_truncated(out) else "nothing"))
     event(f"original: {encoded_size(key, value, headers or ()) // MB} MB")
     got = dict(out.headers[-5:] if is_truncated(out) else out.headers[-3:])
     assert got[wire.H_DLQ_REASON] == reason.value.encode()
-    assert got[wire.H_DLQ_DETAIL] == wire.dlq_detail(detail)
+    assert got[wire.H_DLQ_DETAIL] == dlq_detail(detail)
     assert got[wire.H_DLQ_SOURCE] == source_of(topic, partition, offset).encode()
     # The last resort: small whatever the original, and the same facts about it.
     least = smallest(out)
     assert size(least) <= SMALLEST_BOUND and kafka_size(least) <= size(least)
     assert smallest(least) == least
     assert least.headers[:3] == [(n, v) for n, v in out.headers if n in (wire.H_DLQ_REASON, wire.H_DLQ_DETAIL,
-                                                                          wire.H_DLQ_SOURCE)][-3:]  # fmt: skip
+                                                                          wire.H_DLQ_SOURCE)][-3:]
     assert original_sizes(least) == original_sizes(out)
     assert least.key is None or len(least.key) <= SMALLEST_KEY_BYTES and (key or b"").startswith(least.key)
     assert least.value in (None, b"") and (least.value is None) == (value is None)
@@ -167,7 +171,7 @@ def test_any_dead_letter_fits(key, value, headers, max_bytes, topic, partition, 
 def test_small_records_near_the_limit(key, value, headers, max_bytes):
     """Exhaustive around max_bytes: the cut or not-cut decision at each byte of the boundary."""
     out = dead_letter("d", topic="pairs.in", partition=1, offset=2, key=key, value=value, headers=headers,
-                      reason=wire.Reason.SIZE_MISMATCH, detail="x", max_bytes=max_bytes)  # fmt: skip
+                      reason=wire.Reason.SIZE_MISMATCH, detail="x", max_bytes=max_bytes)
     check_dead_letter((key, value, headers), out, max_bytes, False, wire.Reason.SIZE_MISMATCH, "x", "pairs.in:1:2")
 
 
@@ -184,9 +188,9 @@ def test_a_value_around_the_limit_is_cut_and_its_headers_kept(frames, extra, max
     headers = headers + [("traceparent", b"00-" + b"a" * 52)] * trace
     value = BUF[: max(0, max_bytes + extra)]
     out = dead_letter("pairs.dlq", topic="pairs.in", partition=3, offset=10**9, key=key, value=value, headers=headers,
-                      reason=wire.Reason.TOO_LARGE, detail="value too large", max_bytes=max_bytes)  # fmt: skip
+                      reason=wire.Reason.TOO_LARGE, detail="value too large", max_bytes=max_bytes)
     check_dead_letter((key, value, headers), out, max_bytes, False, wire.Reason.TOO_LARGE, "value too large",
-                      "pairs.in:3:1000000000")  # fmt: skip
+                      "pairs.in:3:1000000000")
     assert out.key == key and out.headers[: len(headers)] == headers
     if is_truncated(out):
         assert out.headers[-2] == (wire.H_DLQ_TRUNCATED, b"value")
@@ -197,19 +201,19 @@ def test_a_megabyte_value_is_cut_and_keeps_its_headers():
     headers = headers + [("traceparent", b"00-" + b"a" * 50)]
     value = BUF[:MB]
     out = dead_letter("pairs.dlq", topic="pairs.in", partition=0, offset=9, key=key, value=value, headers=headers,
-                      reason=wire.Reason.TOO_LARGE, detail="value is 1000000 bytes")  # fmt: skip
+                      reason=wire.Reason.TOO_LARGE, detail="value is 1000000 bytes")
     assert is_truncated(out) and size(out) <= MB
     assert out.key == key and out.headers[: len(headers)] == headers and value.startswith(out.value)
     assert dict(out.headers)[wire.H_DLQ_TRUNCATED] == b"value"
-    assert original_sizes(out) == wire.DeadLetterSizes(len(key), MB, sum(len(n) + len(v) for n, v in headers),
-                                                       len(headers))  # fmt: skip
+    assert original_sizes(out) == DeadLetterSizes(len(key), MB, sum(len(n) + len(v) for n, v in headers),
+                                                       len(headers))
 
 
 def test_huge_headers_are_dropped_and_small_ones_kept():
     key, value, headers = wire.encode_written("p-2", np.zeros((28, 28), np.uint8))
     headers = headers[:2] + [("dm-padding", b"p" * 999_000)] + headers[2:] + [("x-" + "n" * 100, b"1")]
     out = dead_letter("pairs.dlq", topic="pairs.in", partition=0, offset=9, key=key, value=value, headers=headers,
-                      reason=wire.Reason.UNKNOWN_HEADER, detail="unknown header 'dm-padding'")  # fmt: skip
+                      reason=wire.Reason.UNKNOWN_HEADER, detail="unknown header 'dm-padding'")
     assert is_truncated(out) and (out.key, out.value) == (key, value)
     assert out.headers[:-5] == [h for h in headers if h[0].startswith("dm-") and h[0] != "dm-padding"]
     assert dict(out.headers)[wire.H_DLQ_TRUNCATED] == b"headers"
@@ -218,25 +222,25 @@ def test_huge_headers_are_dropped_and_small_ones_kept():
 def test_unreadable_headers_are_said_so():
     out = dead_letter("pairs.dlq", topic="pairs.in", partition=3, offset=4, key=b"k", value=b"v", headers=None,
                       reason=wire.Reason.BAD_HEADER, detail="a header name is not UTF-8",
-                      headers_unreadable=True)  # fmt: skip
+                      headers_unreadable=True)
     assert (out.key, out.value) == (b"k", b"v") and is_truncated(out)
     assert out.headers[-2:] == [(wire.H_DLQ_TRUNCATED, b"headers"),
-                                (wire.H_DLQ_ORIGINAL_BYTES, b"key=1,value=1,headers=unreadable")]  # fmt: skip
+                                (wire.H_DLQ_ORIGINAL_BYTES, b"key=1,value=1,headers=unreadable")]
 
 
 def test_forged_dead_letter_headers_in_the_original_change_nothing():
     headers = [(wire.H_DLQ_TRUNCATED, b"value"), (wire.H_DLQ_ORIGINAL_BYTES, b"key=1,value=1,headers=0,header_count=0")]
     out = dead_letter("d", topic="t", partition=0, offset=0, key=b"k", value=b"v", headers=headers,
-                      reason=wire.Reason.UNKNOWN_HEADER, detail="x")  # fmt: skip
+                      reason=wire.Reason.UNKNOWN_HEADER, detail="x")
     assert not is_truncated(out) and out.headers[:2] == headers
-    sizes = wire.DeadLetterSizes.of(b"k", b"v", headers).encode()
+    sizes = DeadLetterSizes.of(b"k", b"v", headers).encode()
     assert smallest(out).headers[-2:] == [(wire.H_DLQ_TRUNCATED, b"headers,value"), (wire.H_DLQ_ORIGINAL_BYTES, sizes)]
 
 
 def test_limits_of_the_options():
     with pytest.raises(ValueError):
         dead_letter("d", topic="t", partition=0, offset=0, key=None, value=None, headers=None,
-                    reason=wire.Reason.MISSING_KEY, detail="", max_bytes=MIN_DEAD_LETTER_BYTES - 1)  # fmt: skip
+                    reason=wire.Reason.MISSING_KEY, detail="", max_bytes=MIN_DEAD_LETTER_BYTES - 1)
     with pytest.raises(ValueError):
         smallest(OutgoingRecord("d", b"k", b"v", [("h", b"")]))
 
@@ -253,12 +257,10 @@ def deliver(producer, record, timeout_s: float = 20.0):
     """("ok", offset) or ("error", message) for one record."""
     done, result = threading.Event(), []
     try:
-        future = producer.send(record.topic, value=record.value, key=record.key, headers=record.headers,
-                               partition=record.partition)  # fmt: skip
+        producer.produce(record, lambda error, offset: (
+            result.append(("ok", offset) if error is None else ("error", str(error))), done.set()))
     except ClientError as exc:
         return "error", str(exc)
-    future.add_callback(lambda message: (result.append(("ok", message.offset())), done.set()))
-    future.add_errback(lambda exc: (result.append(("error", str(exc))), done.set()))
     assert done.wait(timeout_s), "no delivery report"
     return result[0]
 
@@ -267,7 +269,7 @@ def read_back(broker, offset: int):
     import confluent_kafka
 
     consumer = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "dlq-size-test",
-                                         "enable.auto.commit": False, "fetch.message.max.bytes": 8 * MB})  # fmt: skip
+                                         "enable.auto.commit": False, "fetch.message.max.bytes": 8 * MB})
     try:
         consumer.assign([confluent_kafka.TopicPartition(wire.TOPIC_DLQ, 0, offset)])
         deadline = time.monotonic() + 20
@@ -307,7 +309,7 @@ def test_the_producer_takes_the_dead_letter_of_a_record_near_its_limit(broker, p
     status, offset = deliver(producer, source)
     assert status == "ok", offset  # the attacker's record is one the broker holds
     args = dict(topic=wire.TOPIC_PAIRS, partition=0, offset=offset, key=key, value=value, headers=headers,
-                reason=wire.Reason.TOO_LARGE, detail="x" * 5000)  # fmt: skip
+                reason=wire.Reason.TOO_LARGE, detail="x" * 5000)
     whole = dead_letter(wire.TOPIC_DLQ, **args, max_bytes=100 * MB)
     assert not is_truncated(whole)
     status, error = deliver(producer, whole)
@@ -325,7 +327,7 @@ def test_the_smallest_form_passes_a_limit_below_max_bytes(broker):
     try:
         out = dead_letter(wire.TOPIC_DLQ, topic=wire.TOPIC_PAIRS, partition=0, offset=1, key=b"k" * 5000,
                           value=BUF[:MB], headers=[("traceparent", b"00-abc")], reason=wire.Reason.BAD_PAIR_ID,
-                          detail="é" * 1000, max_bytes=MIN_DEAD_LETTER_BYTES)  # fmt: skip
+                          detail="é" * 1000, max_bytes=MIN_DEAD_LETTER_BYTES)
         status, error = deliver(tight, out)
         assert status == "error" and "MSG_SIZE_TOO_LARGE" in error
         least = smallest(out)

@@ -1,268 +1,20 @@
-import gc
+"""The inference thread (consumer/inference.py): batches scored by one version, combined up to
+max_pairs, fallback and backoff when a batch fails."""
+
 import logging
 import queue
 import shutil
 import threading
 import time
-import weakref
 from unittest import mock
 
 import numpy as np
-import pytest
 
 from digitmatch.consumer.batcher import Batch, FlushReason
-from digitmatch.consumer.inference import (
-    InferenceWorker,
-    ModelManager,
-    check_outputs,
-    freeze_heap,
-    pair_verdicts,
-    proof_batch_sizes,
-    proof_frame_counts,
-    prove,
-    unpaired_verdict,
-)
-from digitmatch.consumer.join import HalfRecord, JoinedPair, digest
+from digitmatch.consumer.inference import InferenceWorker
+from digitmatch.consumer.models import ModelManager
+from test_models import LATE_FAILURE_FRAMES, RNG, export_faulty, make_pair, sample, wait_until
 from digitmatch.consumer.metrics import MatcherMetrics
-from digitmatch.model.serving import ModelError
-from digitmatch.wire import Half
-
-RNG = np.random.default_rng(0)
-
-
-def make_pair(pair_id, spoken_digit=None, written_digit=None, frames=30, produced_ms=None, seen=10.0):
-    mfcc = RNG.normal(size=(frames, 13)).astype(np.float32)
-    image = RNG.integers(0, 256, size=(28, 28), dtype=np.uint8)
-    spoken = HalfRecord(0, 1, pair_id, Half.SPOKEN, mfcc, digest(mfcc.tobytes()), seen, 1000, spoken_digit, produced_ms)
-    written = HalfRecord(0, 2, pair_id, Half.WRITTEN, image, digest(image.tobytes()), seen + 0.5, 1500,
-                         written_digit, None)
-    return JoinedPair(spoken, written)
-
-
-def sample(metrics, name, labels=None):
-    return metrics.registry.get_sample_value(name, labels or {})
-
-
-def wait_until(condition, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-# --------------------------------------------------------------------------- faulty versions
-# Real SavedModels that break the serving contract in one way each: the tiny model exported by the
-# project's exporter, whose serving function (digitmatch.model.export.serving_function) is wrapped
-# in one that declares a fixed batch (``batch``) and/or changes what the graph computes (``fault``).
-
-LATE_FAILURE_FRAMES = 33  # the frame count on which the "fails_later" version fails
-
-
-def _faults():
-    import tensorflow as tf
-
-    def assert_op(check):
-        def fault(mfcc, result):
-            with tf.control_dependencies([check(mfcc)]):
-                return {name: tf.identity(value) for name, value in result.items()}
-        return fault
-
-    def score(change):
-        def fault(mfcc, result):
-            return {**result, "score": change(mfcc, result["score"])}
-        return fault
-
-    return {
-        # what an attacker exported: the batch dimension hidden in the graph, spec left open
-        "batch_2_in_graph": score(lambda mfcc, s: tf.reshape(s, [2])),
-        "fails_on_one_frame": assert_op(lambda mfcc: tf.debugging.assert_greater(tf.shape(mfcc)[1], 1)),
-        "nan_at_max_frames": score(lambda mfcc, s: tf.where(tf.shape(mfcc)[1] >= 40, s * float("nan"), s)),  # TINY
-        "one_score_per_batch": score(lambda mfcc, s: tf.reduce_mean(s, keepdims=True)),
-        "score_out_of_range": score(lambda mfcc, s: s + 1.5),
-        "nan_on_non_zero_input": score(lambda mfcc, s: s / tf.cast(tf.reduce_all(mfcc == 0), tf.float32)
-                                       * tf.cast(tf.reduce_all(mfcc == 0), tf.float32)),
-        # passes the proof (which never tries 33 frames), fails on a real batch that has them
-        "fails_later": assert_op(
-            lambda mfcc: tf.debugging.assert_none_equal(tf.shape(mfcc)[1], LATE_FAILURE_FRAMES)),
-    }
-
-
-def export_faulty(export_model, root, version, fault: str | None = None, *, batch: int | None = None):
-    """The tiny model (``export_model``: the fixture) as ``root/<version>``, with ``fault`` (a key
-    of ``_faults()``) in its graph and its inputs declared ``[batch, ...]``."""
-    import tensorflow as tf
-
-    import digitmatch.model.export as exporter
-
-    real = exporter.serving_function
-
-    def serving_function(model, max_frames, fixed_frames=None):
-        inner = real(model, max_frames, fixed_frames)
-        change = _faults()[fault] if fault else (lambda mfcc, result: result)
-
-        @tf.function(input_signature=[tf.TensorSpec([batch, None, 13], tf.float32, name="mfcc"),
-                                      tf.TensorSpec([batch, 28, 28], tf.uint8, name="image")])
-        def serve(mfcc, image):
-            return change(mfcc[:, :max_frames, :], inner(mfcc, image))
-
-        return serve
-
-    with mock.patch.object(exporter, "serving_function", serving_function):
-        return export_model(root, version)
-
-
-@pytest.fixture
-def root(tmp_path, tiny_model_dir, publish_version):
-    publish_version(tiny_model_dir, tmp_path, 1)
-    return tmp_path
-
-
-def test_serves_the_highest_version(root, tiny_model_dir, publish_version):
-    publish_version(tiny_model_dir, root, 3)
-    metrics = MatcherMetrics()
-    manager = ModelManager(root, metrics)
-    model = manager.load()
-    assert model.version == 3 and manager.current is model
-    assert sample(metrics, "digitmatch_model_info", {"name": "tiny", "version": "3"}) == 1
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "ok"}) == 1
-
-
-def test_a_single_version_directory_is_served_without_watching(tiny_model_dir):
-    manager = ModelManager(tiny_model_dir)
-    assert manager.load().version == 1
-    assert not manager.versioned
-    assert manager.check_for_new_version() is False
-
-
-def test_the_served_model_is_kept_out_of_full_collections():
-    """freeze_heap: garbage is collected first, and what was frozen is collectable again after the
-    next call (a swapped-out model's cycles)."""
-
-    class Node:
-        pass
-
-    def cycle():
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        return weakref.ref(a)
-
-    try:
-        garbage = cycle()
-        freeze_heap()
-        assert garbage() is None and gc.get_freeze_count() > 0
-        kept = Node()
-        kept.self = kept
-        ref = weakref.ref(kept)
-        freeze_heap()
-        del kept  # a frozen cycle becomes garbage: a full collection cannot see it ...
-        gc.collect()
-        assert ref() is not None
-        freeze_heap()  # ... until the next freeze, which unfreezes first
-        assert ref() is None
-    finally:
-        gc.unfreeze()
-
-
-def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelError, match="does not exist"):
-        ModelManager(tmp_path / "nope").load()
-    with pytest.raises(ModelError, match="holds no SavedModel"):
-        ModelManager(tmp_path).load()
-
-
-def test_hot_swap_to_a_new_version(root, tiny_model_dir, publish_version):
-    metrics = MatcherMetrics()
-    manager = ModelManager(root, metrics)
-    old = manager.load()
-    assert manager.check_for_new_version() is False
-    publish_version(tiny_model_dir, root, 2)
-    assert manager.check_for_new_version() is True
-    assert manager.current.version == 2 and manager.current is not old
-    assert sample(metrics, "digitmatch_model_info", {"name": "tiny", "version": "2"}) == 1
-    assert sample(metrics, "digitmatch_model_info", {"name": "tiny", "version": "1"}) is None
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "ok"}) == 2
-
-
-def test_broken_new_version_keeps_the_old_one(root, tiny_model_dir, publish_version, caplog):
-    metrics = MatcherMetrics()
-    manager = ModelManager(root, metrics)
-    manager.load()
-    broken = publish_version(tiny_model_dir, root, 2)
-    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
-    with caplog.at_level(logging.ERROR):
-        assert manager.check_for_new_version() is False
-    assert "version 2" in caplog.text and "still serving v1" in caplog.text
-    assert manager.current.version == 1
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
-    # not retried while its files are unchanged
-    assert manager.check_for_new_version() is False
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
-    # fixed in place: picked up
-    shutil.copy(tiny_model_dir / "saved_model.pb", broken / "saved_model.pb")
-    assert manager.check_for_new_version() is True
-    assert manager.current.version == 2
-
-
-def test_startup_falls_back_below_a_broken_highest_version(root, tiny_model_dir, publish_version):
-    broken = publish_version(tiny_model_dir, root, 2)
-    shutil.rmtree(broken / "variables")
-    metrics = MatcherMetrics()
-    assert ModelManager(root, metrics).load().version == 1
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
-
-
-def test_watcher_thread_swaps_between_batches(root, tiny_model_dir, publish_version):
-    manager = ModelManager(root, poll_s=0.05)
-    manager.load()
-    manager.start_watching()
-    try:
-        publish_version(tiny_model_dir, root, 5)
-        deadline = time.monotonic() + 30
-        while manager.current.version != 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert manager.current.version == 5
-    finally:
-        manager.stop()
-
-
-def test_verdicts_of_a_batch(tiny_model_dir):
-    model = ModelManager(tiny_model_dir).load()
-    pairs = [make_pair("a", 3, 3, frames=10, produced_ms=900), make_pair("b", 3, 4, frames=70), make_pair("c")]
-    mfcc = [p.spoken.array for p in pairs]
-    outputs = model.predict(mfcc, np.stack([p.written.array for p in pairs]))
-    verdicts = pair_verdicts(pairs, outputs, model, started=10.7, inference_s=0.004)
-    assert [v.pair_id for v in verdicts] == ["a", "b", "c"]
-    for v, raw in zip(verdicts, outputs["score"]):
-        assert v.score == round(float(raw), 6)
-        assert v.outcome == ("match" if v.score >= 0.5 else "no_match")
-        assert v.threshold == 0.5 and v.model.name == "tiny" and v.model.version == 1
-        assert 0 <= v.predicted.spoken <= 9 and 0 <= v.predicted.written <= 9
-        assert v.latency_ms.join_wait == pytest.approx(500)
-        assert v.latency_ms.queue_wait == pytest.approx(200)
-        assert v.latency_ms.inference == pytest.approx(4)
-        assert v.timestamps.first_seen_ms == 1000 and v.timestamps.joined_ms == 1500
-    a, b, c = verdicts
-    assert a.truth.spoken == 3 and a.truth.written == 3 and a.correct == (a.outcome == "match")
-    assert b.correct == (b.outcome == "no_match")
-    assert a.timestamps.produced_ms == 900 and a.latency_ms.end_to_end > 0
-    assert c.truth is None and c.correct is None and c.latency_ms.end_to_end is None
-
-
-def test_unpaired_verdict(tiny_model_dir):
-    model = ModelManager(tiny_model_dir).load()
-    pair = make_pair("x", spoken_digit=7, produced_ms=5)
-    v = unpaired_verdict(pair.spoken, model)
-    assert v.outcome == "unpaired" and v.score is None and v.missing_half is Half.WRITTEN
-    assert v.truth.spoken == 7 and v.truth.written is None and v.correct is None
-    assert v.latency_ms.inference is None
-
-
-def test_model_without_digit_heads(tmp_path, export_model):
-    model = ModelManager(export_model(tmp_path, 1, heads=False)).load()
-    pairs = [make_pair("a")]
-    outputs = model.predict([pairs[0].spoken.array], pairs[0].written.array[None])
-    assert pair_verdicts(pairs, outputs, model, 0.0, 0.0)[0].predicted is None
-
 
 def test_worker_scores_each_batch_with_one_version(root, tiny_model_dir, publish_version):
     metrics = MatcherMetrics()
@@ -272,11 +24,11 @@ def test_worker_scores_each_batch_with_one_version(root, tiny_model_dir, publish
     scored = []
     worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((b, m.version, v)), metrics).start()
     try:
-        batches.put(Batch([make_pair(f"p{i}", frames=5 + 20 * i) for i in range(3)], FlushReason.FULL, 0.0, 0.0))
+        batches.put(Batch([make_pair(f"p{i}", frames=5 + 20 * i) for i in range(3)], FlushReason.FULL))
         batches.join()
         publish_version(tiny_model_dir, root, 2)
         manager.check_for_new_version()
-        batches.put(Batch([make_pair("q")], FlushReason.DEADLINE, 0.0, 0.0))
+        batches.put(Batch([make_pair("q")], FlushReason.DEADLINE))
         batches.join()
     finally:
         worker.stop()
@@ -295,7 +47,7 @@ def _queued(sizes, prefix="b"):
     batches = queue.Queue()
     for b, size in enumerate(sizes):
         pairs = [make_pair(f"{prefix}{b}-{i}") for i in range(size)]
-        batches.put(Batch(pairs, FlushReason.DEADLINE, float(b), float(b) + 0.02))
+        batches.put(Batch(pairs, FlushReason.DEADLINE))
     return batches
 
 
@@ -315,7 +67,6 @@ def test_batches_waiting_for_the_model_are_scored_together_up_to_max_pairs(root)
     assert [len(b) for b, _ in scored] == [4, 4]
     assert [[v.pair_id for v in vs] for _, vs in scored] == [
         ["b0-0", "b0-1", "b1-0", "b1-1"], ["b2-0", "b2-1", "b2-2", "b3-0"]]
-    assert [(b.opened, b.flushed) for b, _ in scored] == [(0.0, 1.02), (2.0, 3.02)]
     assert sample(metrics, "digitmatch_batch_size_count") == 2
     assert sample(metrics, "digitmatch_batch_size_sum") == 8
     assert sample(metrics, "digitmatch_batch_queue_wait_seconds_count") == 8
@@ -362,96 +113,6 @@ def test_padding_beyond_max_frames_is_cut(tiny_model_dir):
 # --------------------------------------------------------------------------- the proof and fallback
 
 
-def test_the_proof_tries_small_odd_prime_and_largest_batches_at_short_middle_and_full_length():
-    assert proof_batch_sizes(256) == [1, 2, 3, 7, 256]
-    assert proof_batch_sizes(5) == [1, 2, 3, 5]
-    assert proof_batch_sizes(1) == [1]
-    assert proof_frame_counts(93) == [1, 47, 93]
-    assert proof_frame_counts(40) == [1, 20, 40]
-    assert proof_frame_counts(1) == [1]
-    assert LATE_FAILURE_FRAMES not in proof_frame_counts(40)  # what "fails_later" relies on
-
-
-def test_outputs_are_checked_for_dtype_shape_finiteness_and_range():
-    good = {"score": np.full(3, 0.5, np.float32), "spoken_digit_probs": np.full((3, 10), 0.1, np.float32)}
-    assert check_outputs(good, 3) is None
-    assert check_outputs({"score": np.full(3, 0.5, np.float32)}, 3) is None  # no digit heads
-    assert "no output 'score'" in check_outputs({}, 3)
-    assert "float64 [3]" in check_outputs({"score": np.full(3, 0.5)}, 3)
-    assert "float32 [1]" in check_outputs({"score": np.full(1, 0.5, np.float32)}, 3)
-    assert "[3, 9]" in check_outputs({**good, "spoken_digit_probs": np.zeros((3, 9), np.float32)}, 3)
-    assert "not finite" in check_outputs({"score": np.array([0.5, np.nan, 0.5], np.float32)}, 3)
-    assert "leaves [0, 1]" in check_outputs({"score": np.array([0.5, 1.5, 0.5], np.float32)}, 3)
-
-
-def test_the_proof_scores_every_size_at_every_frame_count_with_non_zero_input(tiny_model_dir):
-    model = ModelManager(tiny_model_dir).load()
-    calls = []
-    real = model.predict_padded
-
-    def spy(mfcc, images):
-        calls.append((mfcc.shape, images.shape, bool(mfcc.any()), bool(images.any())))
-        return real(mfcc, images)
-
-    with mock.patch.object(model, "predict_padded", spy):
-        assert prove(model, max_batch_size=16) == 15
-    assert {(m[0], m[1]) for m, _, _, _ in calls} == {(b, f) for b in (1, 2, 3, 7, 16) for f in (1, 20, 40)}
-    assert all(i == (m[0], 28, 28) and m[2] == 13 and non_zero and pixels for m, i, non_zero, pixels in calls)
-
-
-FAULTS = [  # (fault, declared batch, what the error says)
-    (None, 2, "'mfcc' is declared [2, None, 13]"),  # the attacker's version: rejected at load
-    ("batch_2_in_graph", None, "fails on a batch of 1 x 1 frames"),  # the same, hidden: the proof
-    ("fails_on_one_frame", None, "fails on a batch of 1 x 1 frames"),
-    ("nan_at_max_frames", None, "on a batch of 1 x 40 frames, output 'score' is not finite"),
-    ("one_score_per_batch", None, "on a batch of 2 x 1 frames, output 'score' is float32 [1]"),
-    ("score_out_of_range", None, "output 'score' leaves [0, 1]"),
-    ("nan_on_non_zero_input", None, "output 'score' is not finite"),  # a dummy batch of zeros passes
-]
-
-
-@pytest.mark.parametrize("fault,batch,error", FAULTS, ids=[f[0] or "batch_2_declared" for f in FAULTS])
-def test_a_new_version_that_cannot_serve_every_batch_is_never_swapped_in(
-        root, export_model, fault, batch, error, caplog):
-    metrics = MatcherMetrics()
-    manager = ModelManager(root, metrics, max_batch_size=16)
-    old = manager.load()
-    export_faulty(export_model, root, 2, fault, batch=batch)
-    with caplog.at_level(logging.ERROR):
-        assert manager.check_for_new_version() is False
-    assert manager.current is old and manager.previous is None and manager.serving
-    assert "model version 2" in caplog.text and "still serving v1" in caplog.text and error in caplog.text
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "ok"}) == 1
-    assert sample(metrics, "digitmatch_model_info", {"name": "tiny", "version": "1"}) == 1
-    assert manager.check_for_new_version() is False  # not tried again while its files are unchanged
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
-
-
-def test_the_old_version_keeps_deciding_every_batch_size_after_a_fixed_batch_version_is_refused(
-        root, export_model):
-    manager = ModelManager(root, max_batch_size=8)
-    manager.load()
-    export_faulty(export_model, root, 2, batch=2)
-    export_faulty(export_model, root, 3, "batch_2_in_graph")
-    assert manager.check_for_new_version() is False
-    batches = _queued([1, 2, 3, 7])
-    scored = []
-    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((len(b), m.version)), max_pairs=1).start()
-    try:
-        batches.join()
-    finally:
-        worker.stop()
-    assert scored == [(1, 1), (2, 1), (3, 1), (7, 1)]
-
-
-def test_start_up_serves_the_highest_version_that_passes_the_proof(root, export_model):
-    export_faulty(export_model, root, 2, "batch_2_in_graph")
-    metrics = MatcherMetrics()
-    assert ModelManager(root, metrics).load().version == 1
-    assert sample(metrics, "digitmatch_model_loads_total", {"result": "error"}) == 1
-
-
 def test_a_version_that_fails_on_a_batch_after_the_swap_falls_back_to_the_previous(root, export_model, caplog):
     """The "fails_later" version passes the proof and is swapped in; the first batch with 33 frames
     fails on it: the previous version is restored, scores that batch, and keeps serving."""
@@ -465,13 +126,13 @@ def test_a_version_that_fails_on_a_batch_after_the_swap_falls_back_to_the_previo
     scored = []
     worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((b, m.version, v)), metrics).start()
     try:
-        batches.put(Batch([make_pair("before", frames=10)], FlushReason.DEADLINE, 0.0, 0.0))
+        batches.put(Batch([make_pair("before", frames=10)], FlushReason.DEADLINE))
         batches.join()
         with caplog.at_level(logging.ERROR):
             batches.put(Batch([make_pair("long", frames=LATE_FAILURE_FRAMES), make_pair("short", frames=5)],
-                              FlushReason.DEADLINE, 0.0, 0.0))
+                              FlushReason.DEADLINE))
             batches.join()
-        batches.put(Batch([make_pair("after", frames=LATE_FAILURE_FRAMES)], FlushReason.DEADLINE, 0.0, 0.0))
+        batches.put(Batch([make_pair("after", frames=LATE_FAILURE_FRAMES)], FlushReason.DEADLINE))
         batches.join()
     finally:
         worker.stop()
@@ -500,7 +161,7 @@ def test_a_batch_that_fails_with_nothing_to_fall_back_to_makes_the_model_not_ser
     worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(m.version), metrics).start()
     try:
         with caplog.at_level(logging.ERROR):
-            batches.put(Batch([make_pair("long", frames=LATE_FAILURE_FRAMES)], FlushReason.DEADLINE, 0.0, 0.0))
+            batches.put(Batch([make_pair("long", frames=LATE_FAILURE_FRAMES)], FlushReason.DEADLINE))
             wait_until(lambda: not manager.serving)
         assert "tiny v1 failed on a batch of 1 pairs and there is no version to fall back to" in caplog.text
         assert sample(metrics, "digitmatch_model_fallbacks_total") == 0
@@ -535,7 +196,7 @@ def test_serving_resumes_when_a_batch_succeeds_after_the_fallback_failed_too(roo
             mock.patch.object(v1, "predict_padded", v1_until_healed):
         worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(m.version)).start()
         try:
-            batches.put(Batch([make_pair("x")], FlushReason.DEADLINE, 0.0, 0.0))
+            batches.put(Batch([make_pair("x")], FlushReason.DEADLINE))
             wait_until(lambda: not manager.serving)
             assert manager.current is v1 and manager.previous is None
             healed.set()
@@ -543,6 +204,39 @@ def test_serving_resumes_when_a_batch_succeeds_after_the_fallback_failed_too(roo
         finally:
             worker.stop()
     assert scored == [1] and manager.serving
+
+
+def test_a_batch_failing_with_nothing_to_fall_back_to_backs_off_until_abandoned(root, caplog):
+    """Retried after 0.5 s, 1 s, 2 s ...; abandon() ends the wait at once, with no further attempt,
+    and the batch is not handed on."""
+    manager = ModelManager(root, max_batch_size=8)
+    v1 = manager.load()
+    calls = []
+
+    def failing(mfcc, images):
+        calls.append(time.monotonic())
+        raise RuntimeError("injected failure")
+
+    batches = queue.Queue()
+    scored = []
+    with mock.patch.object(v1, "predict_padded", failing), caplog.at_level(logging.ERROR):
+        worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(b)).start()
+        try:
+            batches.put(Batch([make_pair("x")], FlushReason.DEADLINE))
+            wait_until(lambda: len(calls) == 3)  # the third attempt fails: now waiting 2 s
+            abandoned = time.monotonic()
+            worker.abandon()
+            batches.join()
+            assert time.monotonic() - abandoned < 1.0
+        finally:
+            worker.stop()
+    assert len(calls) == 3 and scored == [] and not manager.serving
+    waited = [b - a for a, b in zip(calls, calls[1:])]
+    assert 0.5 <= waited[0] < 0.9 and 1.0 <= waited[1] < 1.4, waited
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert [r.getMessage() for r in retries] == [
+        f"inference failed on a batch of 1 pairs (model v1); retrying in {s} s" for s in ("0.5", "1.0", "2.0")]
+    assert all("injected failure" in str(r.exc_info[1]) for r in retries)  # with the traceback
 
 
 def test_a_failure_reported_for_a_version_already_swapped_out_changes_nothing(root, tiny_model_dir, publish_version):
@@ -554,3 +248,20 @@ def test_a_failure_reported_for_a_version_already_swapped_out_changes_nothing(ro
     assert manager.batch_failed(v1, 3, RuntimeError("on the old version")) is True  # retry on the new one
     assert manager.current.version == 2 and manager.previous is v1 and manager.serving
     assert sample(metrics, "digitmatch_model_fallbacks_total") == 0
+
+
+def test_the_old_version_keeps_deciding_every_batch_size_after_a_fixed_batch_version_is_refused(
+        root, export_model):
+    manager = ModelManager(root, max_batch_size=8)
+    manager.load()
+    export_faulty(export_model, root, 2, batch=2)
+    export_faulty(export_model, root, 3, "batch_2_in_graph")
+    assert manager.check_for_new_version() is False
+    batches = _queued([1, 2, 3, 7])
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((len(b), m.version)), max_pairs=1).start()
+    try:
+        batches.join()
+    finally:
+        worker.stop()
+    assert scored == [(1, 1), (2, 1), (3, 1), (7, 1)]

@@ -21,7 +21,7 @@ from matcher_harness import (
 )
 
 from digitmatch import wire
-from digitmatch.broker import EmbeddedBroker, free_port
+from digitmatch.dev.broker import EmbeddedBroker, free_port
 from digitmatch.consumer.config import MatcherConfig
 from digitmatch.consumer.matcher import Matcher
 from digitmatch.kafka.admin import ensure_topics
@@ -29,6 +29,26 @@ from digitmatch.kafka.admin import ensure_topics
 pytestmark = pytest.mark.slow
 
 TEST_GROUP_TIMING = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+def until(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def settled(matcher: Matcher) -> bool:
+    """An in-process matcher has read everything there is (its lag gauges, which the poll thread
+    sets: the consumer itself is the poll thread's), and decided and delivered it."""
+    registry = matcher.metrics.registry
+    lags = [s.value for family in registry.collect() if family.name == "digitmatch_consumer_lag"
+            for s in family.samples]
+    return (bool(lags) and sum(lags) == 0  # (a partition with nothing to read may have no lag yet)
+            and registry.get_sample_value("digitmatch_inference_queue_batches") == 0
+            and len(matcher.batcher) == 0 and not matcher.outbox.retrying)
 
 
 def matcher_config(broker, topics: Topics, model, group: str, **overrides) -> MatcherConfig:
@@ -117,7 +137,7 @@ def scenario(broker, serving_model):
         # after the decision: identical duplicates (idempotent) and the late partner of an unpaired half
         sender.send_all([p.written() for p in pairs if p.pair_id in duplicated] + [lonely[0].written()])
         reader.wait_for(lambda c: len(c.dead_letters) >= len(malformed) + 2, timeout_s=30)
-        time.sleep(1.0)  # anything that should not come has had its chance
+        assert until(lambda: settled(matcher))  # everything read is decided and delivered
         collected = reader.poll(0.5)
         status_metrics, metrics_text = http_get(matcher.metrics_port, "/metrics")
         yield {
@@ -329,8 +349,7 @@ def test_back_pressure_pauses_the_partitions_and_resumes_them(broker, serving_mo
         got = reader.wait_for(lambda c: len(c.verdicts) == len(pairs), timeout_s=90)
         assert len(got.verdicts) == len(pairs)
         assert seen_paused and max(seen_paused) == 2
-        time.sleep(0.3)
-        assert not matcher.consumer.paused()
+        assert until(lambda: not matcher.consumer.paused())
         registry = matcher.metrics.registry
         assert registry.get_sample_value("digitmatch_batch_flushes_total", {"reason": "full"}) == len(pairs)
         assert registry.get_sample_value("digitmatch_partitions_paused") == 0
@@ -472,7 +491,7 @@ def test_sigterm_commits_so_a_restart_reprocesses_nothing_finished(broker, servi
 
         restarted = start_matcher_in_process(matcher_config(broker, topics, serving_model, "term",
                                                                   join_ttl_s=300))
-        time.sleep(2.0)
+        assert until(lambda: restarted.is_ready() and len(restarted.join) == 1 and settled(restarted), 60)
         again = reader.poll(0.5)
         assert all(len(v) == 1 for v in again.verdicts.values()), "finished pairs were decided again"
         assert held.pair_id not in again.verdicts
@@ -531,7 +550,7 @@ def test_waits_for_a_broker_that_is_not_there_yet(tiny_model_dir, tmp_path):
     )
     matcher = Matcher(config).start()
     try:
-        time.sleep(2.5)
+        assert until(lambda: matcher.readiness()["model_loaded"], 60)
         status, body = readyz(matcher.metrics_port)
         assert status == 503 and body["broker_connected"] is False and body["model_loaded"] is True
         assert http_get(matcher.metrics_port, "/healthz")[0] == 200

@@ -46,7 +46,7 @@ def test_read_stat_takes_the_name_in_parentheses(fake_tasks):
     ("librdkafka-deliveries", "python", "kafka_client"),
     ("model-watcher", "python", "other"),
     (None, "python", "other"),
-])  # fmt: skip
+])
 def test_library_threads_by_name(python_name, comm, role):
     assert library_role(python_name, comm) == role
 
@@ -122,7 +122,7 @@ def test_totals_never_go_back_when_threads_end_or_ids_are_reused(fake_tasks):
 @pytest.mark.parametrize("read_before, at_assign, after, role", [
     (3.0, 5.0, 9.0, "poll_loop"),  # read once as "other" (e.g. while loading the model), then assigned
     (None, 2.0, 2.5, "inference"),  # assigned before any reading
-])  # fmt: skip
+])
 def test_a_role_change_keeps_the_cpu_used_before_with_the_old_role(fake_tasks, read_before, at_assign, after, role):
     collector = ThreadCpuCollector(fake_tasks)
     me = threading.current_thread()

@@ -90,7 +90,7 @@ def test_dependency_layer_comes_before_the_code():
     first_copy = next(i for i, (k, _) in enumerate(deps) if k == "COPY")
     assert installs and installs[0] > first_copy
     code_copies = [rest for keyword, rest in stages()["wheel"] if keyword == "COPY"]
-    assert any(rest.startswith("core ") for rest in code_copies)
+    assert any(rest.startswith("digitmatch ") for rest in code_copies)
 
 
 def test_variant_build_arg_selects_requirements():
@@ -198,7 +198,7 @@ def context() -> list[str]:
 
 def test_context_holds_what_the_image_needs(context):
     files = set(context)
-    assert {"pyproject.toml", "README.md", "LICENSE", "deploy/requirements.py", "core/cli.py"} <= files
+    assert {"pyproject.toml", "README.md", "LICENSE", "deploy/requirements.py", "digitmatch/cli.py"} <= files
     assert "consumer/matcher.py" in files and "producer/__init__.py" in files and "model/serving.py" in files
     shipped = [p.relative_to(REPO).as_posix() for p in (REPO / "model" / "savedmodels").rglob("*") if p.is_file()]
     assert set(shipped) <= files, "the shipped model must reach the image"
@@ -247,12 +247,20 @@ def test_wheel_from_the_context_installs_and_runs(context, tmp_path):
     # package list would be missing from the image.
     import tomllib
 
-    package_dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    by_dir = {directory: package.replace(".", "/") for package, directory in package_dirs.items()}
-    # Package data too: the held-out sample (the compose producer's data) and the shipped model.
     setuptools_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_dirs = setuptools_config.get("package-dir", {})
+
+    def directory_of(package: str) -> str:
+        """The source directory of a package: package-dir's mapping of it or of a parent, else its own path."""
+        for prefix, directory in sorted(package_dirs.items(), key=lambda item: -len(item[0])):
+            if package == prefix or package.startswith(prefix + "."):
+                return directory + package[len(prefix):].replace(".", "/")
+        return package.replace(".", "/")
+
+    by_dir = {directory_of(package): package.replace(".", "/") for package in setuptools_config["packages"]}
+    # Package data too: the held-out sample (the compose producer's data) and the shipped model.
     for package, patterns in setuptools_config.get("package-data", {}).items():
-        directory = REPO / package_dirs[package]
+        directory = REPO / directory_of(package)
         for pattern in patterns:
             for path in directory.glob(pattern):
                 if path.is_file() and "__pycache__" not in path.parts:
@@ -278,7 +286,7 @@ def test_wheel_from_the_context_installs_and_runs(context, tmp_path):
     probe = subprocess.run(
         [sys.executable, "-c",
          "import digitmatch, digitmatch.model.serving as s; print(digitmatch.__file__); print(s.DEFAULT_MODEL_ROOT)"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,  # not the checkout's digitmatch/
     )
     package_file, model_root = probe.stdout.split()
     assert Path(package_file).is_relative_to(site), "the installed wheel, not the checkout, was imported"
@@ -287,7 +295,7 @@ def test_wheel_from_the_context_installs_and_runs(context, tmp_path):
         assert (Path(model_root)).is_dir()
     help_run = subprocess.run(
         [sys.executable, "-m", "digitmatch.cli", "serve", "--help"], env=env, capture_output=True, text=True,
-        timeout=120,
+        timeout=120, cwd=tmp_path,
     )
     assert help_run.returncode == 0, help_run.stderr
     # The default --model is the copy of the shipped model inside the installed package.

@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 
 from deploy_files import ALERT_RULES, MATCHER_JOB, dashboards, load_yaml, panels, require_binary
 from digitmatch import wire
-from digitmatch.broker import free_port
+from digitmatch.dev.broker import free_port
 from prometheus_server import PrometheusServer
 from promql import selectors, substitute
 

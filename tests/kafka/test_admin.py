@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from digitmatch.broker import EmbeddedBroker, free_port
+from digitmatch.dev.broker import EmbeddedBroker, free_port
 from digitmatch.kafka.admin import ensure_topics, topic_partitions, wait_for_broker
 from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.exceptions import BrokerUnavailable
@@ -45,6 +46,17 @@ def test_wait_for_broker_gives_up_with_the_address():
     conn = KafkaConnection(bootstrap_servers=f"127.0.0.1:{free_port()}")
     with pytest.raises(BrokerUnavailable, match=conn.bootstrap_servers):
         wait_for_broker(conn, timeout_s=0.5)
+
+
+def test_wait_for_broker_backs_off_and_gives_up_at_its_timeout():
+    """Attempts at 0, 0.05, 0.15, 0.35 and 0.75 s (the backoff doubling from 0.05 s), then at the
+    deadline: the next backoff (0.8 s) is cut to what is left, not slept in full."""
+    conn = KafkaConnection(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    given_up = r"within 1 s \([56] attempts; last error: ConnectionRefusedError"  # 5 if sleeps overran
+    with pytest.raises(BrokerUnavailable, match=given_up):
+        wait_for_broker(conn, timeout_s=1.0)
+    assert 1.0 <= time.monotonic() - started < 1.4
 
 
 def test_wait_for_broker_outlasts_a_late_start(tmp_path):

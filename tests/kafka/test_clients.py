@@ -6,7 +6,7 @@ import time
 
 import pytest
 from kafka import KafkaProducer
-from kafka.structs import TopicPartition
+from digitmatch.kafka.client import Partition
 
 from digitmatch.kafka import librdkafka
 from digitmatch.kafka.admin import ensure_topics
@@ -20,14 +20,25 @@ POLL = 200
 VALUE = b"\x00" * 3000  # about a spoken half
 
 
-def _backlog(broker, topic: str) -> list[TopicPartition]:
+def _backlog(broker, topic: str) -> list[Partition]:
     ensure_topics(broker.connection, {topic: PARTITIONS})
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5, batch_size=256 * 1024)
     for i in range(PARTITIONS * BACKLOG):
         producer.send(topic, key=b"%d" % i, value=VALUE, partition=i % PARTITIONS)
     producer.flush()
     producer.close()
-    return [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    return [Partition(topic, p) for p in range(PARTITIONS)]
+
+
+class NoCallbacks:
+    def on_assigned(self, partitions):
+        pass
+
+    def on_revoked(self, partitions):
+        pass
+
+    def on_lost(self, partitions):
+        pass
 
 
 def _consumer(broker, topic: str):
@@ -53,10 +64,10 @@ def test_pausing_at_every_poll_keeps_what_was_fetched(broker, monkeypatch, soft_
     got = dict.fromkeys(range(PARTITIONS), 0)
     polls = empty = 0  # polls that returned records, and polls after the first record that returned none
     try:
-        consumer.subscribe([topic])
+        consumer.subscribe([topic], NoCallbacks())
         deadline = time.monotonic() + 120
         while sum(got.values()) < PARTITIONS * BACKLOG and time.monotonic() < deadline:
-            records = consumer.poll(timeout_ms=50, max_records=POLL)
+            records = consumer.poll(0.05, max_records=POLL)
             if not records:
                 empty += sum(got.values()) > 0
                 continue
@@ -65,10 +76,10 @@ def test_pausing_at_every_poll_keeps_what_was_fetched(broker, monkeypatch, soft_
             for tp, batch in records.items():
                 assert [r.offset for r in batch] == list(range(got[tp.partition], got[tp.partition] + len(batch)))
                 got[tp.partition] += len(batch)
-            consumer.pause(*tps)  # the queue is full: a batch is scored while the loop polls on
+            consumer.pause(tps)  # the queue is full: a batch is scored while the loop polls on
             for _ in range(3):
-                assert consumer.poll(timeout_ms=10, max_records=POLL) == {}, "records of paused partitions"
-            consumer.resume(*tps)
+                assert consumer.poll(0.01, max_records=POLL) == {}, "records of paused partitions"
+            consumer.resume(tps)
     finally:
         consumer.close()
     assert got == dict.fromkeys(range(PARTITIONS), BACKLOG)
@@ -84,14 +95,14 @@ def test_records_of_a_paused_partition_come_back_in_order_after_resume(broker):
     consumer = _consumer(broker, topic)
     got = dict.fromkeys(range(PARTITIONS), 0)
     try:
-        consumer.subscribe([topic])
+        consumer.subscribe([topic], NoCallbacks())
         deadline = time.monotonic() + 120
         while sum(got.values()) < PARTITIONS * BACKLOG and time.monotonic() < deadline:
             if got[0] > 0 and got[1] < BACKLOG:
-                consumer.pause(tps[0])  # partition 0 waits until partition 1 is done
+                consumer.pause([tps[0]])  # partition 0 waits until partition 1 is done
             else:
-                consumer.resume(tps[0])
-            for tp, batch in consumer.poll(timeout_ms=50, max_records=POLL).items():
+                consumer.resume([tps[0]])
+            for tp, batch in consumer.poll(0.05, max_records=POLL).items():
                 assert tp.partition != 0 or tp not in consumer.paused()
                 assert [r.offset for r in batch] == list(range(got[tp.partition], got[tp.partition] + len(batch)))
                 got[tp.partition] += len(batch)

@@ -46,7 +46,7 @@ def test_sasl_ssl_maps_to_kafka_python_names(tmp_path, mechanism):
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     conn = parse(["--security-protocol", "SASL_SSL", "--sasl-mechanism", mechanism,
-                  "--sasl-username", "alice", "--sasl-password", "s3cret", "--ssl-cafile", str(ca)])  # fmt: skip
+                  "--sasl-username", "alice", "--sasl-password", "s3cret", "--ssl-cafile", str(ca)])
     kwargs = conn.admin_kwargs()
     assert kwargs["security_protocol"] == "SASL_SSL"
     assert kwargs["sasl_mechanism"] == mechanism
@@ -60,7 +60,7 @@ def test_mutual_tls_files(tmp_path):
     for path in files.values():
         path.write_text("pem")
     conn = KafkaConnection(security_protocol="SSL", ssl_cafile=files["ca"], ssl_certfile=files["cert"],
-                           ssl_keyfile=files["key"])  # fmt: skip
+                           ssl_keyfile=files["key"])
     kwargs = conn.consumer_kwargs()
     assert (kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == (str(files["cert"]), str(files["key"]))
     assert "sasl_mechanism" not in kwargs

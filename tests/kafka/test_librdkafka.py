@@ -1,4 +1,4 @@
-"""The librdkafka client behind kafka-python's interface, against a real Tansu broker."""
+"""The matcher's librdkafka clients (:mod:`digitmatch.kafka.librdkafka`), against a real Tansu broker."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import TopicPartition
 from pydantic import SecretStr
 
-from digitmatch.broker import free_port
+from digitmatch.dev.broker import free_port
 from digitmatch.kafka.admin import ensure_topics
 from digitmatch.kafka.clients import new_consumer, new_producer
 from digitmatch.kafka.configuration import KafkaConnection
-from digitmatch.kafka.librdkafka import ClientError, LibrdkafkaConsumer, LibrdkafkaProducer, common_config
+from digitmatch.kafka.client import ClientError, OutgoingRecord, Partition
+from digitmatch.kafka.librdkafka import LibrdkafkaConsumer, common_config
+from digitmatch.kafka.librdkafka_producer import LibrdkafkaProducer
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +30,13 @@ def test_connection_settings_map_to_librdkafka_names(tmp_path: Path):
         path.write_text("-----BEGIN PLACEHOLDER-----\n")
     conn = KafkaConnection(bootstrap_servers="a:1,b:2", client_id="me", security_protocol="SASL_SSL",
                            sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password=SecretStr("p"),
-                           ssl_cafile=ca, ssl_certfile=cert, ssl_keyfile=key, request_timeout_ms=1234)  # fmt: skip
+                           ssl_cafile=ca, ssl_certfile=cert, ssl_keyfile=key, request_timeout_ms=1234)
     config = common_config(conn)
     assert {k: v for k, v in config.items() if k != "logger"} == {
         "bootstrap.servers": "a:1,b:2", "client.id": "me", "security.protocol": "SASL_SSL",
         "socket.timeout.ms": 1234, "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u", "sasl.password": "p",
         "ssl.ca.location": str(ca), "ssl.certificate.location": str(cert), "ssl.key.location": str(key),
-    }  # fmt: skip
+    }
     plain = common_config(KafkaConnection())
     assert not any(k.startswith(("sasl.", "ssl.")) for k in plain)
 
@@ -50,18 +52,18 @@ def test_no_broker_fails_at_once_like_kafka_python():
 
 
 def _deliver(producer, topic: str, records: list[tuple]) -> list:
-    """Send (key, value, headers, partition) records; returns each one's outcome once all are in."""
+    """Send (key, value, headers, partition) records; returns each one's outcome ("ok" or the
+    ClientError) once all are in."""
     outcomes: list = [None] * len(records)
     done = threading.Semaphore(0)
 
-    def report(i, result):
-        outcomes[i] = result
+    def report(i, error):
+        outcomes[i] = error if error is not None else "ok"
         done.release()
 
     for i, (key, value, headers, partition) in enumerate(records):
-        future = producer.send(topic, key=key, value=value, headers=headers, partition=partition)
-        future.add_callback(report, i)
-        future.add_errback(report, i)
+        producer.produce(OutgoingRecord(topic, key, value, headers or [], partition),
+                         lambda error, _offset, i=i: report(i, error))
     for _ in records:
         assert done.acquire(timeout=30)
     return outcomes
@@ -72,42 +74,42 @@ def test_round_trip_with_a_group_consumer(broker):
     ensure_topics(broker.connection, {topic: 2})
     producer = new_producer(broker.connection)
     records = [(f"k{i}".encode(), f"v{i}".encode(), [("dm-half", b"spoken")] if i % 2 else [], i % 2)
-               for i in range(20)]  # fmt: skip
+               for i in range(20)]
     try:
         outcomes = _deliver(producer, topic, records)
     finally:
-        producer.close(timeout=10)
+        producer.close(10)
     assert all(not isinstance(o, Exception) for o in outcomes)
 
     assigned, revoked = [], []
 
     class Listener:
-        def on_partitions_assigned(self, partitions):
+        def on_assigned(self, partitions):
             assigned.append(sorted(partitions))
-            consumer.pause(*partitions)  # the partitions are assigned already: the listener may pause them
+            consumer.pause(partitions)  # the partitions are assigned already: the callback may pause them
 
-        def on_partitions_revoked(self, partitions):
+        def on_revoked(self, partitions):
             revoked.append(sorted(partitions))
 
-        def on_partitions_lost(self, partitions):
+        def on_lost(self, partitions):
             revoked.append(sorted(partitions))
 
     consumer = new_consumer(broker.connection, "rdk-group", **GROUP_TIMING)
     try:
-        consumer.subscribe([topic], listener=Listener())
-        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        consumer.subscribe([topic], Listener())
+        tps = [Partition(topic, 0), Partition(topic, 1)]
         deadline = time.monotonic() + 30
         while not assigned and time.monotonic() < deadline:
-            assert consumer.poll(timeout_ms=100) == {}
+            assert consumer.poll(0.1) == {}
         assert assigned == [tps] and consumer.paused() == set(tps)
         time.sleep(0.5)
-        assert consumer.poll(timeout_ms=300) == {}, "paused partitions return nothing"
-        consumer.resume(*tps)
+        assert consumer.poll(0.3) == {}, "paused partitions return nothing"
+        consumer.resume(tps)
         got: dict = {}
         deadline = time.monotonic() + 30
         while sum(map(len, got.values())) < 20 and time.monotonic() < deadline:
-            for tp, batch in consumer.poll(timeout_ms=200, max_records=7).items():
-                assert isinstance(tp, TopicPartition) and len(batch) <= 7
+            for tp, batch in consumer.poll(0.2, max_records=7).items():
+                assert isinstance(tp, Partition) and len(batch) <= 7
                 got.setdefault(tp, []).extend(batch)
         assert set(got) == set(tps)
         for tp, batch in got.items():
@@ -116,23 +118,23 @@ def test_round_trip_with_a_group_consumer(broker):
                 i = int(r.key[1:])
                 assert i % 2 == tp.partition and r.value == f"v{i}".encode()
                 assert r.headers == ([("dm-half", b"spoken")] if i % 2 else [])
-        assert consumer.highwater(tps[0]) == 10 and consumer.position(tps[0]) == 10
-        assert consumer.partitions_for_topic(topic) == {0, 1}
-        assert consumer.partitions_for_topic("rdk-no-such-topic") is None
+        assert consumer.lag(tps[0]) == 0 and consumer.position(tps[0]) == 10
+        assert consumer.partitions(topic) == {0, 1}
+        assert consumer.partitions("rdk-no-such-topic") is None
 
-        consumer.commit({tps[0]: OffsetAndMetadata(4, "", -1), tps[1]: OffsetAndMetadata(10, "", -1)})
+        consumer.commit({tps[0]: 4, tps[1]: 10})
         consumer.seek(tps[0], 8)
         again: list = []
         deadline = time.monotonic() + 10
         while len(again) < 2 and time.monotonic() < deadline:
-            again += consumer.poll(timeout_ms=200).get(tps[0], [])
+            again += consumer.poll(0.2).get(tps[0], [])
         assert [r.offset for r in again] == [8, 9]
     finally:
         consumer.close()
-    assert revoked == [tps]  # leaving the group revokes, and the listener hears it first
+    assert revoked == [tps]  # leaving the group revokes, and the callback hears it first
     check = KafkaConsumer(**broker.connection.consumer_kwargs("rdk-group"))
     try:
-        assert [check.committed(tp) for tp in tps] == [4, 10]
+        assert [check.committed(TopicPartition(*tp)) for tp in tps] == [4, 10]
     finally:
         check.close()
 
@@ -150,24 +152,24 @@ def test_a_seek_right_after_the_assignment_is_not_lost(broker):
     sought = []
 
     class Listener:
-        def on_partitions_assigned(self, partitions):
+        def on_assigned(self, partitions):
             for tp in partitions:
                 consumer.seek(tp, 7)
                 sought.append(tp)
 
-        def on_partitions_revoked(self, partitions):
+        def on_revoked(self, partitions):
             pass
 
-        def on_partitions_lost(self, partitions):
+        def on_lost(self, partitions):
             pass
 
     consumer = new_consumer(broker.connection, "rdk-early-seek", **GROUP_TIMING)
     got: dict = {}
     try:
-        consumer.subscribe([topic], listener=Listener())
+        consumer.subscribe([topic], Listener())
         deadline = time.monotonic() + 30
         while sum(map(len, got.values())) < 6 and time.monotonic() < deadline:
-            for tp, batch in consumer.poll(timeout_ms=100).items():
+            for tp, batch in consumer.poll(0.1).items():
                 got.setdefault(tp.partition, []).extend(r.offset for r in batch)
     finally:
         consumer.close()
@@ -185,22 +187,34 @@ def test_keyed_records_land_where_kafka_python_puts_them(broker):
     try:
         outcomes = _deliver(producer, topic, [(k, b"x", None, None) for k in keys])
     finally:
-        producer.close(timeout=10)
+        producer.close(10)
+    assert outcomes == ["ok"] * len(keys)
     reference = KafkaProducer(**broker.connection.producer_kwargs())
     try:
         placed = [reference.send(topic, key=k, value=b"y").get(timeout=30).partition for k in keys]
     finally:
         reference.close()
-    assert placed == [m.partition() for m in outcomes]
+    check = KafkaConsumer(**broker.connection.consumer_kwargs(None))
+    try:
+        check.assign([TopicPartition(topic, p) for p in range(7)])
+        landed: dict[bytes, set[int]] = {}
+        deadline = time.monotonic() + 30
+        while sum(map(len, landed.values())) < 2 * len(keys) and time.monotonic() < deadline:
+            for tp, batch in check.poll(timeout_ms=200).items():
+                for r in batch:
+                    landed.setdefault(r.key, set()).add(tp.partition)
+    finally:
+        check.close()
+    assert [landed[k] for k in keys] == [{p} for p in placed]  # each key in one partition, kafka-python's
     assert len(set(placed)) > 3  # the keys are spread, not all sent to one partition
 
 
 def test_a_closed_producer_refuses_records_and_closing_twice_is_harmless(broker):
     producer = LibrdkafkaProducer(broker.connection)
-    producer.close(timeout=5)
-    producer.close(timeout=5)
+    producer.close(5)
+    producer.close(5)
     with pytest.raises(ClientError):
-        producer.send("rdk-closed", value=b"x")
+        producer.produce(OutgoingRecord("rdk-closed", None, b"x", []), lambda error, offset: None)
 
 
 def test_a_record_that_cannot_be_queued_raises(broker):
@@ -209,9 +223,9 @@ def test_a_record_that_cannot_be_queued_raises(broker):
     producer = LibrdkafkaProducer(broker.connection)
     try:
         with pytest.raises(ClientError, match="Unknown partition"):
-            producer.send(topic, value=b"v", partition=5)
+            producer.produce(OutgoingRecord(topic, None, b"v", [], 5), lambda error, offset: None)
     finally:
-        producer.close(timeout=5)
+        producer.close(5)
 
 
 def test_an_undelivered_record_reaches_the_errback(fresh_broker):
@@ -224,5 +238,5 @@ def test_an_undelivered_record_reaches_the_errback(fresh_broker):
         fresh_broker.stop()
         (outcome,) = _deliver(producer, topic, [(b"k", b"v", None, None)])
     finally:
-        producer.close(timeout=5)
+        producer.close(5)
     assert isinstance(outcome, ClientError)  # (timed out, or the transport failed first)

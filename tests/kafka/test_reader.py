@@ -8,6 +8,7 @@ import pytest
 from kafka import KafkaProducer
 
 from digitmatch import wire
+from digitmatch.consumer.dead_letter import dead_letter_headers
 from digitmatch.kafka.admin import ensure_topics
 from digitmatch.kafka.reader import percentiles, read_dead_letters, read_verdicts
 
@@ -76,7 +77,7 @@ def test_stop_event_ends_the_read(broker):
 def test_dead_letters_are_counted_by_reason(broker, producer):
     ensure_topics(broker.connection, {"dlq-1": 1})
     for i, reason in enumerate([wire.Reason.BAD_SHAPE] * 3 + [wire.Reason.MISSING_KEY]):
-        headers = wire.dead_letter_headers([], reason, "detail", f"pairs.in:0:{i}")
+        headers = dead_letter_headers([], reason, "detail", f"pairs.in:0:{i}")
         producer.send("dlq-1", key=f"d1-{i}".encode(), value=b"raw", headers=headers)
     producer.send("dlq-1", key=b"elsewhere-1", value=b"raw", headers=[])
     producer.flush()

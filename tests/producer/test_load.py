@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from digitmatch import wire
-from digitmatch.broker import free_port
+from digitmatch.dev.broker import free_port
 from digitmatch.kafka.admin import ensure_topics
 from digitmatch.kafka.reader import open_reader
 from digitmatch.producer.load import PairSet, publish_pairs
@@ -110,14 +110,14 @@ def test_stop_event_ends_publishing_early(broker):
 def produce(*args, timeout=240):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, "-m", "digitmatch.cli", "produce", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_produce_command_publishes_heldout_pairs(broker):
     topic = "load-4.pairs.in"
     ensure_topics(broker.connection, {topic: 4})
     done = produce("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--pairs", "30", "--rate", "150",
-                   "--match-ratio", "0.4", "--run-id", "cli1", "--json")  # fmt: skip
+                   "--match-ratio", "0.4", "--run-id", "cli1", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["pairs"] == 30 and summary["halves"] == 60 and summary["failed"] == 0

@@ -98,7 +98,7 @@ def wrong_shape(draw):
             st.tuples(st.integers(-1000, 0), st.just(13)),
             st.tuples(st.integers(1, 50), st.just(13), st.integers(1, 4)),
             st.tuples(st.integers(1, 800)),
-        ))  # fmt: skip
+        ))
     else:
         shape = draw(st.lists(st.integers(-5, 100), min_size=1, max_size=4).map(tuple))
         assume(shape != (28, 28))
@@ -194,7 +194,7 @@ def bad_header_value(draw):
         (wire.H_PRODUCED_MS, st.sampled_from([b"-5", b"1e3", b"soon", b"12:00"])),
         (wire.H_DTYPE, st.binary(min_size=65, max_size=200)),
         (wire.H_SHAPE, st.binary(min_size=1, max_size=20).map(lambda b: b + "\u00e9".encode())),
-    ]))  # fmt: skip
+    ]))
     raw = draw(raw)
     if name not in dict(headers):
         headers = headers + [(name, raw)]
@@ -213,7 +213,7 @@ def bad_pair_id(draw):
         st.text(min_size=1, max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass"))
         .filter(lambda b: not _valid_pair_id(b)),
         st.sampled_from([b"-lead", b".lead", b"has space", b"slash/id", "\u00e9t\u00e9".encode()]),
-    ))  # fmt: skip
+    ))
     return BadRecord("bad pair ID", Reason.BAD_PAIR_ID, key, value, headers)
 
 

@@ -148,7 +148,7 @@ def tally(pairs: list[PairSpec], verdicts: dict[str, list[wire.Verdict]]) -> Tal
     wrong = sum(
         1 for p in decided for v in verdicts[p.pair_id]
         if v.truth is None or (v.truth.spoken, v.truth.written) != (p.spoken_digit, p.written_digit)
-    )  # fmt: skip
+    )
     scores = [[v.score for v in vs if v.score is not None] for vs in repeated]
     return Tally(
         pairs_sent=len(pairs),

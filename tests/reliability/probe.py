@@ -39,7 +39,7 @@ def scrape(process) -> dict[str, float]:
     found["consumer_lag_total"] = sum(
         sample.value for family in text_string_to_metric_families(text) if family.name == "digitmatch_consumer_lag"
         for sample in family.samples
-    )  # fmt: skip
+    )
     return found
 
 

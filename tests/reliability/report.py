@@ -67,7 +67,7 @@ How to read the figures:
   matcher process.
 * Matcher processes run with `--session-timeout-ms 6000 --heartbeat-interval-ms 1000
   --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on
-  librdkafka, the matcher's only Kafka client (`core/kafka/clients.py` says why kafka-python is no
+  librdkafka, the matcher's only Kafka client (`digitmatch/kafka/clients.py` says why kafka-python is no
   longer one).
 """
 
@@ -101,7 +101,7 @@ RULES = """\
   key nor value, or with a null header value, cannot be produced by kafka-python; the decoder's
   unit tests (`tests/test_wire.py`) cover both.
 * **Security** (`test_security.py`, no figures): no pickle module or `allow_pickle` anywhere in
-  `core/ consumer/ producer/ model/` (AST scan); the value size is checked before the key, the
+  `digitmatch/ consumer/ producer/ model/` (AST scan); the value size is checked before the key, the
   headers or any array (a header declaring 10^12 frames allocates under 64 KiB); `/metrics`,
   `/healthz`, `/readyz` bind to `--metrics-host` / `DIGITMATCH_METRICS_HOST`; the SASL/TLS options
   reach the producer, consumer and admin clients under kafka-python's own names (and the
@@ -130,7 +130,11 @@ each attack did before, and what changed:
   inflates gzip, snappy and lz4 (the record is then `too_large`); it refuses the zstd one
   (`_BAD_COMPRESSION`), and before, every fetch failed on it again: the partition stopped. Now an
   offset the client cannot read is dead-lettered as `unreadable` (source only) and reading goes on
-  after it. Peak RSS while the three others are inflated: see the figures.
+  after it. The three others are inflated whole by librdkafka, which has no setting that bounds
+  the inflated size: peak RSS rose from ~656 MiB to ~1.5 GiB for the 200 MiB records. What bounds
+  it is the broker's `message.max.bytes` (the compressed batch) times the codec's ratio (~1000:1
+  for zeros), so a deployment's memory limit must leave room for one such batch; the record is
+  dropped as soon as its dead letter (the first `--max-dead-letter-bytes` of it) is built.
 * **Idle connections on the metrics port** (1,100, half a request each). Before: a thread per
   connection until the process ran out of file descriptors; `/metrics` and `/readyz` timed out, the
   model watcher failed. Now one thread serves at most 256 connections; at the cap the oldest idle

@@ -149,7 +149,8 @@ def test_compressed_batches_and_a_compression_bomb(broker, start_matcher, shippe
     """Good pairs in batches compressed with each codec Kafka has, and one small batch per codec that
     inflates to 200 MB (one record of zeros): the pairs are decided, each bomb is dead-lettered as
     too large (truncated), and the memory the matcher needs stays bounded."""
-    from digitmatch.kafka.librdkafka import LibrdkafkaProducer
+    from digitmatch.kafka.client import OutgoingRecord
+    from digitmatch.kafka.librdkafka_producer import LibrdkafkaProducer
 
     inflated = 200 * 2**20
     topics = Topics.create(broker.connection, "compressed", partitions=1)
@@ -167,12 +168,12 @@ def test_compressed_batches_and_a_compression_bomb(broker, start_matcher, shippe
                 for p in make_pairs(10, f"{codec}-pair", seed=99):
                     pairs[p.pair_id] = p
                     for k, v, h in (p.spoken(), p.written()):
-                        producer.send(topics.input, key=k, value=v, headers=h)
+                        producer.produce(OutgoingRecord(topics.input, k, v, h), lambda error, offset: None)
                 producer.flush(30)
                 key = f"{codec}-bomb".encode()
                 bombs[key] = codec
-                producer.send(topics.input, key=key, value=bytes(inflated),
-                              headers=list(make_pairs(1, "b")[0].spoken()[2]))
+                producer.produce(OutgoingRecord(topics.input, key, bytes(inflated), list(make_pairs(1, "b")[0].spoken()[2])),
+                                 lambda error, offset: None)
                 producer.flush(60)
             finally:
                 producer.close(10)

@@ -134,7 +134,7 @@ def test_partners_that_never_arrive_get_unpaired_verdicts_within_the_bound(broke
     missing_right = sum(
         v.missing_half == (wire.Half.WRITTEN if i % 2 == 0 else wire.Half.SPOKEN)
         for i, v in enumerate(got.verdicts[p.pair_id][0] for p in lone)
-    )  # fmt: skip
+    )
     figures(
         "partner_never_arrives",
         title="Partners that never arrive, pending-halves bound reached",

@@ -21,7 +21,7 @@ from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.kafka.configuration import KafkaConnection, add_connection_options
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("core", "consumer", "producer", "model")
+SOURCE_DIRS = ("digitmatch", "consumer", "producer", "model")
 PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 
 
@@ -122,10 +122,10 @@ def test_sasl_and_tls_options_reach_every_kafka_client(tmp_path, monkeypatch):
     monkeypatch.setenv("DIGITMATCH_SASL_PASSWORD", "from-the-environment")
     config = serve_config(["--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-256",
                            "--sasl-username", "matcher", "--ssl-cafile", str(ca), "--ssl-certfile", str(cert),
-                           "--ssl-keyfile", str(key)])  # fmt: skip
+                           "--ssl-keyfile", str(key)])
     expected = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
                 "sasl_plain_username": "matcher", "sasl_plain_password": "from-the-environment",
-                "ssl_cafile": str(ca), "ssl_certfile": str(cert), "ssl_keyfile": str(key)}  # fmt: skip
+                "ssl_cafile": str(ca), "ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     clients = [
         (config.kafka.producer_kwargs(), KafkaProducer),
         (config.kafka.consumer_kwargs("g"), KafkaConsumer),

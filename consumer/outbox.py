@@ -1,0 +1,199 @@
+"""The outbox: every record the matcher publishes (verdicts, dead letters) until the broker has it.
+
+Rules:
+
+* :meth:`Outbox.send` may be called from any thread (the inference thread sends verdicts). The
+  producer's delivery reports come back on its own thread and are queued; :meth:`Outbox.collect`,
+  on the poll thread, takes them: an acknowledged record *finishes* the input offsets it carries
+  (``on_finished``: only then may they be committed), and its outcome or reason is counted.
+* A failed delivery is sent again after ``retry_delay_s``, for as long as one of its input
+  partitions is still this matcher's (``still_ours``); otherwise it is let go: its input is
+  uncommitted and the partition's next owner decides it again.
+* A dead letter refused as too large (a topic whose own limit is below ``--max-dead-letter-bytes``)
+  is sent at once in its smallest form (``consumer/dead_letter.py``).
+* After ``reset_after_failures`` failed deliveries in a row the producer is replaced (at most every
+  ``reset_interval_s``): after the broker lost its state (a restart without data, a new cluster
+  behind the same address) an idempotent producer stays in a fatal state, since the broker no
+  longer knows its producer ID. The replacement is made on the poll thread (:meth:`collect`);
+  deliveries still pending on the old producer fail and are sent again on the new one.
+* Failures are logged once per ``log_interval_s`` at most (an outage fails hundreds a second);
+  ``digitmatch_kafka_errors_total{stage="produce"}`` counts every one.
+
+The clock is passed in (``clock``), so the retry and replacement rules are tested without waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from digitmatch.consumer.dead_letter import is_truncated, smallest
+from digitmatch.consumer.metrics import MatcherMetrics
+from digitmatch.kafka.client import ClientError, OutgoingRecord, Partition, Producer
+from digitmatch.wire import H_DLQ_SOURCE
+
+log = logging.getLogger(__name__)
+
+Offsets = list[tuple[Partition, int]]
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A record on its way to the broker, and the input records it finishes once acknowledged."""
+
+    record: OutgoingRecord
+    offsets: Offsets
+    kind: Literal["verdict", "dead_letter"]
+    label: str  # verdict outcome or dead-letter reason
+    correct: bool | None = None
+    attempts: int = 0
+
+
+class Outbox:
+    def __init__(self, new_producer: Callable[[], Producer], metrics: MatcherMetrics, *,
+                 on_finished: Callable[[Offsets], None], still_ours: Callable[[Partition], bool],
+                 retry_delay_s: float = 1.0, reset_after_failures: int = 3, reset_interval_s: float = 5.0,
+                 log_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self._new_producer = new_producer
+        self.producer = new_producer()
+        self.metrics = metrics
+        self._on_finished = on_finished
+        self._still_ours = still_ours
+        self.retry_delay_s = retry_delay_s
+        self.reset_after_failures = reset_after_failures
+        self.reset_interval_s = reset_interval_s
+        self.log_interval_s = log_interval_s
+        self._clock = clock
+        self._reports: queue.SimpleQueue[tuple[Outgoing, ClientError | None]] = queue.SimpleQueue()
+        self._retries: deque[tuple[float, Outgoing]] = deque()
+        self._failures = 0  # failed deliveries since the last acknowledged one
+        self._next_reset = 0.0
+        self._next_log = 0.0
+        self._not_logged = 0
+
+    @property
+    def retrying(self) -> bool:
+        return bool(self._retries)
+
+    def send(self, outgoing: Outgoing) -> None:
+        """Any thread. The acknowledgement (or failure) is taken by :meth:`collect`."""
+        try:
+            self.producer.produce(outgoing.record, lambda error, _offset: self._reports.put((outgoing, error)))
+        except ClientError as exc:
+            self._reports.put((outgoing, exc))
+
+    def collect(self) -> None:
+        """Poll thread: take the delivery reports, finish what was acknowledged, send again what
+        failed and is due, replace a producer that keeps failing."""
+        verdicts: Counter[str] = Counter()
+        checked: Counter[bool] = Counter()
+        dead: Counter[str] = Counter()
+        while True:
+            try:
+                outgoing, error = self._reports.get_nowait()
+            except queue.Empty:
+                break
+            if error is None:
+                self._failures = 0
+                self._on_finished(outgoing.offsets)
+                if outgoing.kind == "verdict":
+                    verdicts[outgoing.label] += 1
+                    if outgoing.correct is not None:
+                        checked[outgoing.correct] += 1
+                else:
+                    dead[outgoing.label] += 1
+            else:
+                self._failed(outgoing, error)
+        # Counted per label, then added once per call: a labelled increment per delivery was a
+        # tenth of the poll loop's time.
+        m = self.metrics
+        for outcome, count in verdicts.items():
+            m.verdicts.labels(outcome=outcome).inc(count)
+        for correct, count in checked.items():
+            m.verdicts_checked.labels(correct="true" if correct else "false").inc(count)
+        for reason, count in dead.items():
+            m.dead_letters.labels(reason=reason).inc(count)
+        now = self._clock()
+        while self._retries and self._retries[0][0] <= now:
+            self.send(self._retries.popleft()[1])
+        if self._failures >= self.reset_after_failures and now >= self._next_reset:
+            self._reset_producer(now)
+
+    def drain(self, deadline: float) -> None:
+        """Deliver what is queued and retried, until ``deadline`` (monotonic) at the latest."""
+        self._flush(deadline)
+        while self._retries and self._clock() < deadline:
+            time.sleep(self.retry_delay_s / 4)
+            self._flush(deadline)
+
+    def close(self, timeout_s: float) -> None:
+        self.producer.close(max(0.0, timeout_s))
+
+    def _flush(self, deadline: float) -> None:
+        try:
+            self.producer.flush(max(0.0, deadline - self._clock()))
+        except ClientError as exc:
+            log.warning("not every record was acknowledged in time: %s", exc)
+        self.collect()
+
+    def _failed(self, outgoing: Outgoing, error: ClientError) -> None:
+        self.metrics.kafka_errors.labels(stage="produce").inc()
+        outgoing.attempts += 1
+        if outgoing.kind == "dead_letter" and error.too_large and self._shrink(outgoing):
+            self.send(outgoing)  # at once: the broker answered, it is not unreachable
+            return
+        self._failures += 1
+        if not any(self._still_ours(tp) for tp, _ in outgoing.offsets):
+            log.warning("giving up on a %s for revoked partitions (its input is read again): %s", outgoing.kind, error)
+            return
+        self._log_failure(outgoing, error)
+        self._retries.append((self._clock() + self.retry_delay_s, outgoing))
+
+    def _shrink(self, outgoing: Outgoing) -> bool:
+        """Send a dead letter refused as too large in its smallest form; False if it is that already."""
+        small = smallest(outgoing.record)
+        if small == outgoing.record:
+            return False
+        source = next((v.decode("ascii", "replace") for n, v in outgoing.record.headers if n == H_DLQ_SOURCE), "?")
+        log.warning("a dead letter of %s was refused as too large: sending it without its value and headers", source)
+        if not is_truncated(outgoing.record):
+            self.metrics.dead_letters_truncated.inc()
+        outgoing.record = small
+        return True
+
+    def _log_failure(self, outgoing: Outgoing, error: ClientError) -> None:
+        now = self._clock()
+        if now < self._next_log:
+            self._not_logged += 1
+            return
+        more = f" ({self._not_logged} more failed deliveries not logged)" if self._not_logged else ""
+        log.warning("publishing a %s to %s failed (attempt %d), retrying: %s%s",
+                    outgoing.kind, outgoing.record.topic, outgoing.attempts, error, more)
+        self._next_log = now + self.log_interval_s
+        self._not_logged = 0
+
+    def _reset_producer(self, now: float) -> None:
+        self._next_reset = now + self.reset_interval_s
+        log.warning("%d deliveries failed in a row: recreating the producer (broker restarted or lost its state?)",
+                    self._failures)
+        try:
+            fresh = self._new_producer()
+        except ClientError as exc:
+            log.warning("could not recreate the producer (%s); trying again later", exc)
+            return
+        old, self.producer = self.producer, fresh
+        self._failures = 0
+        # Closing flushes, which waits for the old producer to fail what it still holds: not here.
+        threading.Thread(target=_close_quietly, args=(old,), name="producer-close", daemon=True).start()
+
+
+def _close_quietly(producer: Producer, timeout_s: float = 10.0) -> None:
+    try:
+        producer.close(timeout_s)
+    except Exception as exc:  # a producer in a fatal state may not flush: nothing more to do with it
+        log.warning("the replaced producer did not close cleanly: %s", exc)

@@ -1,0 +1,65 @@
+"""Rebalances: what the matcher does when the group gives it partitions or takes them away.
+
+Rules (the client calls these on the poll thread, inside ``poll``: see digitmatch.kafka.client):
+
+* **Assigned**: the partitions are tracked from where their reading starts
+  (:class:`~digitmatch.consumer.checkpointing.Checkpoint`), and paused at once if the input is
+  paused for back-pressure.
+* **Revoked**: everything joined so far is scored and published and its acknowledgements collected
+  (``drain``), the commit points are committed, and the pending halves of the revoked partitions
+  are forgotten without a verdict: they are uncommitted, so their next owner reads them again.
+* **Lost** (the group moved on without this member): the same, except that nothing is committed
+  (it would be refused) and the client reads the partitions again from the committed offsets if
+  it gets them back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from digitmatch.consumer.checkpointing import Checkpoint
+from digitmatch.consumer.join import JoinTable
+from digitmatch.consumer.pausing import BackPressure
+from digitmatch.consumer.stream_time import StreamClock
+from digitmatch.kafka.client import Partition
+
+log = logging.getLogger(__name__)
+
+
+class Rebalance:
+    def __init__(self, checkpoint: Checkpoint, pressure: BackPressure, join: JoinTable, clock: StreamClock, *,
+                 drain: Callable[[], None], changed: Callable[[], None]):
+        self.checkpoint = checkpoint
+        self.pressure = pressure
+        self.join = join
+        self.clock = clock
+        self._drain = drain
+        self._changed = changed
+
+    def on_assigned(self, partitions: set[Partition]) -> None:
+        self.checkpoint.assign(partitions)
+        self.pressure.assigned(partitions)
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in self.checkpoint.assigned))
+        self._changed()
+
+    def on_revoked(self, partitions: set[Partition]) -> None:
+        self._take_away(partitions, lost=False)
+
+    def on_lost(self, partitions: set[Partition]) -> None:
+        self._take_away(partitions, lost=True)
+
+    def _take_away(self, partitions: set[Partition], lost: bool) -> None:
+        if not partitions:
+            return
+        log.info("partitions %s: %s; draining in-flight pairs%s", "lost" if lost else "revoked",
+                 sorted(tp.partition for tp in partitions), "" if lost else " and committing")
+        self._drain()
+        if not lost:
+            self.checkpoint.commit()
+        self.checkpoint.revoke(partitions, lost)
+        dropped = self.join.revoke(partitions)
+        self.clock.forget(partitions)
+        self._changed()
+        if dropped:
+            log.info("dropped %d pending halves of revoked partitions (the next owner reads them again)", len(dropped))

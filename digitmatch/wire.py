@@ -1,0 +1,411 @@
+"""The wire format: the one module the producer and the matcher both import.
+
+See docs/wire-format.md for the prose version. In short:
+
+* ``pairs.in`` carries both halves of a pair. **Key** = pair ID (UTF-8). **Value** = raw
+  little-endian array bytes (no JSON, no pickle): ``float32`` MFCC frames for the spoken half,
+  ``uint8`` pixels for the written half. **Headers** (all ``dm-`` prefixed, values ASCII) say
+  which half it is, the schema version, the array's shape and dtype, and optionally the ground
+  truth digit and the produce time.
+* ``matches.out`` carries one JSON :class:`Verdict` per pair, keyed by pair ID.
+* ``pairs.dlq`` carries every message that failed validation, byte for byte, with the reason
+  added as headers (:func:`dead_letter_headers`); one too large for the dead-letter topic is cut,
+  with headers saying what was cut and the original's sizes (``consumer/dead_letter.py``).
+
+Validation order is chosen so that nothing large is touched before its size is checked:
+key, headers, declared shape and dtype, value length, and only then the array itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import time
+from enum import Enum
+from typing import Literal, NamedTuple, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+TOPIC_PAIRS = "pairs.in"
+TOPIC_MATCHES = "matches.out"
+TOPIC_DLQ = "pairs.dlq"
+
+# Header names.
+H_SCHEMA = "dm-schema"
+H_HALF = "dm-half"
+H_SHAPE = "dm-shape"
+H_DTYPE = "dm-dtype"
+H_DIGIT = "dm-digit"
+H_PRODUCED_MS = "dm-produced-ms"
+REQUIRED_HEADERS = (H_SCHEMA, H_HALF, H_SHAPE, H_DTYPE)
+KNOWN_HEADERS = frozenset(REQUIRED_HEADERS + (H_DIGIT, H_PRODUCED_MS))
+# Headers added to a dead-lettered record.
+H_DLQ_REASON = "dm-dlq-reason"
+H_DLQ_DETAIL = "dm-dlq-detail"
+H_DLQ_SOURCE = "dm-dlq-source"
+# Added after those only when the dead letter is not the whole original (consumer/dead_letter.py):
+H_DLQ_TRUNCATED = "dm-dlq-truncated"  # what was cut, of DLQ_CUT_PARTS, comma-separated
+H_DLQ_ORIGINAL_BYTES = "dm-dlq-original-bytes"  # DeadLetterSizes.encode()
+DLQ_CUT_PARTS = ("headers", "value", "key")  # the order in which they are cut, and listed
+MAX_DLQ_DETAIL_BYTES = 512
+
+# Limits, enforced before any array is built.
+MAX_PAIR_ID_LENGTH = 128
+PAIR_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
+MAX_FRAMES = 1000  # 10 s of audio at a 10 ms hop; the model's own budget is smaller
+MFCC_COEFFICIENTS = 13
+IMAGE_SHAPE = (28, 28)
+MAX_HEADER_BYTES = 64  # any single dm- header value
+MAX_VALUE_BYTES = MAX_FRAMES * MFCC_COEFFICIENTS * 4
+# Distinct sets of dm- headers (without dm-produced-ms) whose checked layout decode_half keeps:
+# a stream repeats a few thousand (two halves x ten digits x the spoken frame counts).
+LAYOUTS_CACHED = 8192
+
+
+class Half(str, Enum):
+    SPOKEN = "spoken"
+    WRITTEN = "written"
+
+    @property
+    def other(self) -> "Half":
+        return Half.WRITTEN if self is Half.SPOKEN else Half.SPOKEN
+
+
+DTYPES = {Half.SPOKEN: "<f4", Half.WRITTEN: "|u1"}
+
+
+class Reason(str, Enum):
+    """Why a message was dead-lettered. The value is the ``dm-dlq-reason`` header."""
+
+    MISSING_KEY = "missing_key"
+    BAD_PAIR_ID = "bad_pair_id"
+    MISSING_HEADER = "missing_header"
+    DUPLICATE_HEADER = "duplicate_header"
+    UNKNOWN_HEADER = "unknown_header"
+    BAD_HEADER = "bad_header"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    BAD_SHAPE = "bad_shape"
+    BAD_DTYPE = "bad_dtype"
+    TOO_LARGE = "too_large"
+    SIZE_MISMATCH = "size_mismatch"
+    NON_FINITE = "non_finite"
+    # The Kafka client could not read the record (a compressed batch it cannot inflate):
+    UNREADABLE = "unreadable"
+    # Raised by the matcher's join, not by decoding:
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    ALREADY_DECIDED = "already_decided"
+
+
+class InvalidMessage(ValueError):
+    """A message that cannot be accepted; it goes to the dead-letter topic with ``reason``."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class DecodedHalf(NamedTuple):
+    """One validated half, its array a zero-copy view of the message value."""
+
+    pair_id: str
+    half: Half
+    array: np.ndarray  # (frames, 13) float32 for spoken, (28, 28) uint8 for written
+    digit: int | None
+    produced_ms: int | None
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def now_ms() -> int:
+    """Wall clock in Unix epoch milliseconds, the unit of ``dm-produced-ms`` and of verdict timestamps."""
+    return time.time_ns() // 1_000_000
+
+
+def _headers(half: Half, shape: tuple[int, ...], digit: int | None, produced_ms: int | None):
+    headers = [
+        (H_SCHEMA, str(SCHEMA_VERSION).encode()),
+        (H_HALF, half.value.encode()),
+        (H_SHAPE, ",".join(str(d) for d in shape).encode()),
+        (H_DTYPE, DTYPES[half].encode()),
+    ]
+    if digit is not None:
+        headers.append((H_DIGIT, str(int(digit)).encode()))
+    if produced_ms is not None:
+        headers.append((H_PRODUCED_MS, str(int(produced_ms)).encode()))
+    return headers
+
+
+def encode_pair_id(pair_id: str) -> bytes:
+    _check_pair_id(pair_id)
+    return pair_id.encode("ascii")
+
+
+def encode_spoken(
+    pair_id: str, frames: np.ndarray, digit: int | None = None, produced_ms: int | None = None
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) for a spoken half. ``frames``: (n, 13) MFCC from features.mfcc."""
+    frames = np.ascontiguousarray(frames, dtype="<f4")
+    _check_spoken_array(frames)
+    return (
+        encode_pair_id(pair_id),
+        frames.tobytes(),
+        _headers(Half.SPOKEN, frames.shape, digit, produced_ms),
+    )
+
+
+def encode_written(
+    pair_id: str, image: np.ndarray, digit: int | None = None, produced_ms: int | None = None
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) for a written half. ``image``: (28, 28) uint8, 0 = background."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise InvalidMessage(Reason.BAD_DTYPE, f"image dtype must be uint8, got {image.dtype}")
+    if image.shape != IMAGE_SHAPE:
+        raise InvalidMessage(Reason.BAD_SHAPE, f"image shape must be {IMAGE_SHAPE}, got {image.shape}")
+    image = np.ascontiguousarray(image)
+    return encode_pair_id(pair_id), image.tobytes(), _headers(Half.WRITTEN, IMAGE_SHAPE, digit, produced_ms)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _check_pair_id(pair_id: str) -> None:
+    if not pair_id or len(pair_id) > MAX_PAIR_ID_LENGTH or not PAIR_ID_PATTERN.fullmatch(pair_id):
+        raise InvalidMessage(
+            Reason.BAD_PAIR_ID,
+            f"pair ID must be 1-{MAX_PAIR_ID_LENGTH} chars of [A-Za-z0-9._:-] starting with a "
+            f"letter or digit, got {pair_id[:40]!r}{'...' if len(pair_id) > 40 else ''}",
+        )
+
+
+def decode_pair_id(key: bytes | None) -> str:
+    if key is None:
+        raise InvalidMessage(Reason.MISSING_KEY, "record has no key; the key must be the pair ID")
+    if len(key) > MAX_PAIR_ID_LENGTH:
+        raise InvalidMessage(Reason.BAD_PAIR_ID, f"pair ID is {len(key)} bytes, limit {MAX_PAIR_ID_LENGTH}")
+    try:
+        pair_id = key.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidMessage(Reason.BAD_PAIR_ID, "pair ID is not ASCII/UTF-8 of [A-Za-z0-9._:-]") from None
+    _check_pair_id(pair_id)
+    return pair_id
+
+
+def _header_map(headers: Headers | None) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, raw in headers or ():
+        if not name.startswith("dm-"):
+            continue  # tracing and other foreign headers are carried along, not interpreted
+        if name not in KNOWN_HEADERS:
+            raise InvalidMessage(Reason.UNKNOWN_HEADER, f"unknown header {name[:40]!r} in schema {SCHEMA_VERSION}")
+        if name in found:
+            raise InvalidMessage(Reason.DUPLICATE_HEADER, f"header {name!r} appears more than once")
+        if raw is None or len(raw) > MAX_HEADER_BYTES:
+            raise InvalidMessage(Reason.BAD_HEADER, f"header {name!r} is missing a value or longer than {MAX_HEADER_BYTES} bytes")
+        try:
+            found[name] = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidMessage(Reason.BAD_HEADER, f"header {name!r} is not ASCII") from None
+    for name in REQUIRED_HEADERS:
+        if name not in found:
+            raise InvalidMessage(Reason.MISSING_HEADER, f"required header {name!r} is missing")
+    return found
+
+
+def _int_header(found: dict[str, str], name: str) -> int | None:
+    text = found.get(name)
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {name!r} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+class _Meta(NamedTuple):
+    """The checked headers, as :func:`decode_half` uses them (a plain tuple: cheaper than a model)."""
+
+    half: Half
+    shape: tuple[int, ...]
+    dtype: str
+    digit: int | None
+    produced_ms: int | None
+
+
+def _parse_headers(headers: Headers | None) -> _Meta:
+    found = _header_map(headers)
+    schema = _int_header(found, H_SCHEMA)
+    if schema != SCHEMA_VERSION:
+        raise InvalidMessage(Reason.UNSUPPORTED_SCHEMA, f"schema version {found[H_SCHEMA]!r}, this matcher reads {SCHEMA_VERSION}")
+    try:
+        shape = tuple(int(d) for d in found[H_SHAPE].split(","))
+    except ValueError:
+        raise InvalidMessage(Reason.BAD_SHAPE, f"header {H_SHAPE!r} must be comma-separated integers, got {found[H_SHAPE]!r}") from None
+    # Checked by hand into a tuple: pydantic validation of a model per record was a measurable
+    # share of the matcher's poll loop (docs/benchmarks.md); decode_half now also remembers the
+    # result per header set (_layout).
+    try:
+        half = Half(found[H_HALF])
+    except ValueError:
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_HALF!r} must be 'spoken' or 'written', got {found[H_HALF]!r}") from None
+    digit = _int_header(found, H_DIGIT)
+    if digit is not None and digit > 9:
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_DIGIT!r} must be a digit 0-9, got {digit}")
+    return _Meta(half, shape, found[H_DTYPE], digit, _int_header(found, H_PRODUCED_MS))
+
+
+def _check_spoken_array(frames: np.ndarray) -> None:
+    if frames.ndim != 2 or frames.shape[1] != MFCC_COEFFICIENTS or not 1 <= frames.shape[0]:
+        raise InvalidMessage(Reason.BAD_SHAPE, f"spoken half must be (frames, {MFCC_COEFFICIENTS}), got {frames.shape}")
+    if frames.shape[0] > MAX_FRAMES:
+        raise InvalidMessage(Reason.TOO_LARGE, f"{frames.shape[0]} frames, limit {MAX_FRAMES}")
+    if not np.isfinite(frames).all():
+        raise InvalidMessage(Reason.NON_FINITE, "MFCC frames contain NaN or infinity")
+
+
+class _Layout(NamedTuple):
+    """What the headers fix about a value once checked: its half, shape, dtype and size."""
+
+    half: Half
+    shape: tuple[int, ...]
+    dtype: str
+    digit: int | None
+    nbytes: int
+
+
+def _checked_layout(headers: Headers | None) -> tuple[_Layout, int | None]:
+    """The headers checked one by one (the reference for every reason), with ``dm-produced-ms``."""
+    meta = _parse_headers(headers)
+    expected_dtype = DTYPES[meta.half]
+    if meta.dtype != expected_dtype:
+        raise InvalidMessage(Reason.BAD_DTYPE, f"{meta.half.value} half must be {expected_dtype}, got {meta.dtype!r}")
+    if meta.half is Half.SPOKEN:
+        if len(meta.shape) != 2 or meta.shape[1] != MFCC_COEFFICIENTS or meta.shape[0] < 1:
+            raise InvalidMessage(Reason.BAD_SHAPE, f"spoken half must be (frames, {MFCC_COEFFICIENTS}), got {meta.shape}")
+        if meta.shape[0] > MAX_FRAMES:
+            raise InvalidMessage(Reason.TOO_LARGE, f"{meta.shape[0]} frames, limit {MAX_FRAMES}")
+    elif meta.shape != IMAGE_SHAPE:
+        raise InvalidMessage(Reason.BAD_SHAPE, f"written half must be {IMAGE_SHAPE}, got {meta.shape}")
+    itemsize = 4 if meta.half is Half.SPOKEN else 1
+    layout = _Layout(meta.half, meta.shape, meta.dtype, meta.digit, math.prod(meta.shape) * itemsize)
+    return layout, meta.produced_ms
+
+
+_cached_layout = functools.lru_cache(maxsize=LAYOUTS_CACHED)(_checked_layout)
+
+
+def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:
+    """:func:`_checked_layout`, remembered per set of ``dm-`` headers other than
+    ``dm-produced-ms``, which is the only one that changes from record to record of a stream.
+
+    Checking the headers one by one was a third of the matcher's per-record work in its poll loop
+    (docs/benchmarks.md). Anything unusual (a second ``dm-produced-ms``, a value that is not
+    digits, a header set that fails) takes the one-by-one path, so every reason and message is
+    the same as without the cache."""
+    produced: bytes | None = None
+    seen_produced = False
+    dm_headers = []
+    for item in headers or ():
+        name = item[0]
+        if name == H_PRODUCED_MS and not seen_produced:
+            seen_produced, produced = True, item[1]
+        elif name.startswith("dm-"):
+            dm_headers.append(item)
+    if not seen_produced or (isinstance(produced, bytes) and len(produced) <= MAX_HEADER_BYTES and produced.isdigit()):
+        try:
+            layout, duplicate_produced = _cached_layout(tuple(dm_headers))
+        except (InvalidMessage, TypeError):  # TypeError: a header value that cannot be a key
+            pass
+        else:
+            if duplicate_produced is None:
+                return layout, int(produced) if seen_produced else None
+    return _checked_layout(headers)
+
+
+def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None) -> DecodedHalf:
+    """Validate one ``pairs.in`` record. Raises :class:`InvalidMessage` with a precise reason."""
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        raise InvalidMessage(Reason.TOO_LARGE, f"value is {len(value)} bytes, limit {MAX_VALUE_BYTES}")
+    pair_id = decode_pair_id(key)
+    layout, produced_ms = _layout(headers)
+    if value is None or len(value) != layout.nbytes:
+        got = 0 if value is None else len(value)
+        raise InvalidMessage(Reason.SIZE_MISMATCH, f"shape {layout.shape} needs {layout.nbytes} bytes, value has {got}")
+    array = np.frombuffer(value, dtype=layout.dtype).reshape(layout.shape)
+    if layout.half is Half.SPOKEN and not np.isfinite(array).all():
+        raise InvalidMessage(Reason.NON_FINITE, "MFCC frames contain NaN or infinity")
+    return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+Outcome = Literal["match", "no_match", "unpaired"]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class Timestamps(BaseModel):
+    """Unix epoch milliseconds."""
+
+    produced_ms: int | None = Field(None, description="earliest dm-produced-ms of the two halves")
+    first_seen_ms: int = Field(description="matcher read the first half")
+    joined_ms: int | None = Field(None, description="matcher read the second half")
+    decided_ms: int = Field(description="verdict handed to the producer")
+
+
+class Latencies(BaseModel):
+    """Milliseconds; None where a stage did not happen (e.g. no inference for unpaired)."""
+
+    join_wait: float | None = None
+    queue_wait: float | None = None
+    inference: float | None = None
+    end_to_end: float | None = None
+
+
+class Truth(BaseModel):
+    spoken: int | None = None
+    written: int | None = None
+
+
+class Verdict(BaseModel):
+    """One decision, JSON on ``matches.out``. Decision fields (outcome, score, threshold, model,
+    predicted digits) are identical if a pair is decided again after a crash; timing fields are
+    those of the run that decided it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    pair_id: str
+    outcome: Outcome
+    score: float | None = Field(None, description="sigmoid 'same digit' score, 6 decimals")
+    threshold: float
+    model: ModelRef
+    missing_half: Half | None = None
+    predicted: Truth | None = Field(None, description="per-branch digit predictions, if the model has them")
+    truth: Truth | None = None
+    correct: bool | None = Field(None, description="outcome vs ground truth, when both digits were sent")
+    timestamps: Timestamps
+    latency_ms: Latencies
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=False).encode()
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> "Verdict":
+        return cls.model_validate_json(value)
+
+
+def verdict_key(pair_id: str) -> bytes:
+    return pair_id.encode("ascii")
+

@@ -1,0 +1,262 @@
+"""The matcher's loop on an in-memory Kafka (fake_kafka.py) and a real tiny SavedModel: most of its
+behaviour, in well under a second per test. What needs a real broker stays in test_matcher.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fake_kafka import FakeConsumer, FakeKafka, FakeProducer
+from matcher_harness import make_pairs
+
+from digitmatch import wire
+from digitmatch.consumer.config import MatcherConfig
+from digitmatch.consumer.matcher import Matcher
+from digitmatch.kafka.client import ClientError, Partition
+from digitmatch.kafka.configuration import KafkaConnection
+
+IN, OUT, DLQ = "t.pairs.in", "t.matches.out", "t.pairs.dlq"
+
+
+def until(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class Running:
+    """A matcher on a FakeKafka; ``consumers`` / ``producers`` are the clients it made."""
+
+    def __init__(self, model, **overrides):
+        self.kafka = FakeKafka({IN: 2, OUT: 2, DLQ: 1})
+        self.consumers: list[FakeConsumer] = []
+        self.producers: list[FakeProducer] = []
+        settings = dict(kafka=KafkaConnection(bootstrap_servers="fake:9092"), model=model, input_topic=IN,
+                        output_topic=OUT, dlq_topic=DLQ, metrics_host="127.0.0.1", metrics_port=0,
+                        commit_interval_ms=20, max_delay_ms=5, max_batch_size=8, join_ttl_s=30)
+        self.matcher = Matcher(MatcherConfig(**(settings | overrides)), new_consumer=self._consumer,
+                               new_producer=self._producer)
+
+    def _consumer(self):
+        self.consumers.append(FakeConsumer(self.kafka))
+        return self.consumers[-1]
+
+    def _producer(self):
+        self.producers.append(FakeProducer(self.kafka))
+        return self.producers[-1]
+
+    @property
+    def consumer(self) -> FakeConsumer:
+        return self.consumers[-1]
+
+    def send(self, *records, partition: int | None = None, timestamp: int | None = None) -> None:
+        for key, value, headers in records:
+            self.kafka.append(IN, key, value, headers, partition, timestamp)
+
+    def verdicts(self) -> dict[str, list[wire.Verdict]]:
+        out: dict[str, list[wire.Verdict]] = {}
+        for r in self.kafka.records(OUT):
+            verdict = wire.Verdict.from_bytes(r.value)
+            out.setdefault(verdict.pair_id, []).append(verdict)
+        return out
+
+    def pending(self) -> int:
+        return len(self.matcher.join)
+
+    def __enter__(self) -> "Running":
+        self.matcher.start()
+        assert self.matcher.wait_ready(30), self.matcher.error
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.matcher.stop(30)
+
+
+def ends(kafka: FakeKafka) -> dict[Partition, int]:
+    return {tp: len(log) for tp, log in kafka.logs.items() if tp.topic == IN and log}
+
+
+def test_every_pair_gets_one_verdict_and_the_commit_point_passes_them(tiny_model_dir):
+    pairs = make_pairs(20, "loop", seed=1)
+    with Running(tiny_model_dir) as run:
+        run.send(*(half for p in pairs for half in (p.spoken(), p.written())))
+        assert until(lambda: len(run.verdicts()) == 20)
+        assert until(lambda: run.kafka.committed == ends(run.kafka))
+    verdicts = run.verdicts()
+    assert all(len(v) == 1 and v[0].outcome != "unpaired" for v in verdicts.values())
+    assert {(v[0].truth.spoken, v[0].truth.written) for v in verdicts.values()} == \
+        {(p.spoken_digit, p.written_digit) for p in pairs}
+
+
+def test_a_waiting_half_holds_the_commit_point(tiny_model_dir):
+    lone, pair = make_pairs(2, "hold", seed=2)
+    with Running(tiny_model_dir) as run:
+        run.send(lone.spoken(), partition=0)
+        run.send(pair.spoken(), pair.written(), partition=0)
+        assert until(lambda: pair.pair_id in run.verdicts())
+        time.sleep(0.1)  # a few commit intervals
+        assert run.kafka.committed.get(Partition(IN, 0), 0) == 0  # offset 0 waits for its partner
+        run.send(lone.written(), partition=0)
+        assert until(lambda: run.kafka.committed.get(Partition(IN, 0)) == 4)
+
+
+def test_a_lone_half_in_a_quiet_partition_expires_unpaired(tiny_model_dir):
+    (lone,) = make_pairs(1, "quiet", seed=3)
+    with Running(tiny_model_dir, join_ttl_s=0.3) as run:
+        run.send(lone.spoken(), partition=1)
+        assert until(lambda: lone.pair_id in run.verdicts(), 10)
+        assert [v.outcome for v in run.verdicts()[lone.pair_id]] == ["unpaired"]
+        assert until(lambda: run.kafka.committed.get(Partition(IN, 1)) == 1)
+
+
+def test_a_backlog_is_expired_by_stream_time_not_by_how_long_reading_it_takes(tiny_model_dir):
+    """Halves stamped at the same moment but 200 records apart, read ten records a poll with a
+    TTL of 20 ms: reading from one half to its partner takes longer than the TTL, the stream does
+    not move on, and every pair is joined."""
+    pairs = make_pairs(100, "backlog", seed=4)
+    stamp = wire.now_ms() - 60_000  # a backlog from a minute ago
+    run = Running(tiny_model_dir, join_ttl_s=0.02, max_poll_records=10)
+    run.send(*(p.spoken() for p in pairs), partition=0, timestamp=stamp)
+    run.send(*(p.written() for p in pairs), partition=0, timestamp=stamp)
+    with run:
+        assert until(lambda: len(run.verdicts()) == 100)
+    assert all(v[0].outcome != "unpaired" for v in run.verdicts().values())
+
+
+def test_a_failed_delivery_is_sent_again_and_committed_only_once_acknowledged(tiny_model_dir):
+    pairs = make_pairs(4, "retry", seed=5)
+    with Running(tiny_model_dir) as run:
+        run.matcher.outbox.retry_delay_s = 0.05
+        run.producers[-1].fail(3)
+        run.send(*(half for p in pairs for half in (p.spoken(), p.written())), partition=0)
+        assert until(lambda: len(run.verdicts()) == 4)
+        assert until(lambda: run.kafka.committed.get(Partition(IN, 0)) == 8)
+        errors = run.matcher.metrics.kafka_errors.labels(stage="produce")._value.get()
+    assert errors == 3
+    assert all(len(v) == 1 for v in run.verdicts().values())
+
+
+def test_a_producer_that_keeps_failing_is_replaced(tiny_model_dir):
+    (pair,) = make_pairs(1, "reset", seed=6)
+    with Running(tiny_model_dir) as run:
+        run.matcher.outbox.retry_delay_s = 0.01
+        run.matcher.outbox.reset_interval_s = 0.0
+        run.producers[-1].fail(1000)
+        run.send(pair.spoken(), pair.written(), partition=0)
+        assert until(lambda: len(run.producers) >= 2)
+        run.producers[0]._failures.clear()
+        assert until(lambda: pair.pair_id in run.verdicts())
+
+
+def test_a_rebalance_mid_stream_reads_the_partition_again_from_its_commit_point(tiny_model_dir):
+    a, b = make_pairs(2, "rebalance", seed=7)
+    tp = Partition(IN, 0)
+    with Running(tiny_model_dir, lookback_records=0) as run:
+        run.send(b.spoken(), b.written(), partition=0)
+        assert until(lambda: run.kafka.committed.get(tp) == 2)
+        run.send(a.spoken(), partition=0)
+        assert until(lambda: run.pending() == 1)
+        run.consumer.rebalance(revoke={tp}, assign={tp})  # eager: revoked, then given back
+        assert until(lambda: run.consumer.positions.get(tp) == 3 and run.pending() == 1)
+        run.send(a.written(), partition=0)
+        assert until(lambda: a.pair_id in run.verdicts())
+    assert [v.outcome for v in run.verdicts()[a.pair_id]] != ["unpaired"]
+    assert len(run.verdicts()[a.pair_id]) == 1 and len(run.verdicts()[b.pair_id]) == 1
+
+
+def test_nothing_is_published_for_a_partition_taken_away(tiny_model_dir):
+    (lone,) = make_pairs(1, "lost", seed=8)
+    tp = Partition(IN, 1)
+    with Running(tiny_model_dir, join_ttl_s=0.2) as run:
+        run.send(lone.spoken(), partition=1)
+        assert until(lambda: run.pending() == 1)
+        run.consumer.lose({tp})
+        assert until(lambda: run.pending() == 0)
+        time.sleep(0.5)  # past the TTL
+        assert lone.pair_id not in run.verdicts()
+        assert tp not in run.kafka.committed  # lost: nothing committed for it
+
+
+def test_bad_records_are_dead_lettered_and_finished(tiny_model_dir):
+    with Running(tiny_model_dir) as run:
+        run.send((b"bad id!", b"x", [("dm-half", b"spoken")]), partition=0)
+        run.kafka.append(IN, b"k", b"v", None, 0)  # headers the client could not read
+        assert until(lambda: len(run.kafka.records(DLQ)) == 2)
+        assert until(lambda: run.kafka.committed.get(Partition(IN, 0)) == 2)
+    reasons = [dict(r.headers)[wire.H_DLQ_REASON] for r in run.kafka.records(DLQ)]
+    assert reasons == [b"bad_pair_id", b"bad_header"]
+
+
+def test_a_failed_commit_is_tried_again(tiny_model_dir):
+    (pair,) = make_pairs(1, "commit", seed=9)
+    with Running(tiny_model_dir) as run:
+        run.consumer.fail_commits = 2
+        run.send(pair.spoken(), pair.written(), partition=0)
+        assert until(lambda: run.kafka.committed.get(Partition(IN, 0)) == 2)
+        assert run.matcher.metrics.commits.labels(result="error")._value.get() == 2
+
+
+def test_shutdown_drains_commits_and_leaves_the_group(tiny_model_dir):
+    pairs = make_pairs(6, "stop", seed=10)
+    (lone,) = make_pairs(1, "stop-lone", seed=11)
+    run = Running(tiny_model_dir, max_delay_ms=10_000, max_batch_size=64)  # batches cut only by the drain
+    with run:
+        run.send(lone.spoken(), partition=0)
+        run.send(*(half for p in pairs for half in (p.spoken(), p.written())), partition=0)
+        assert until(lambda: run.pending() == 1 and len(run.matcher.batcher) == 6)
+    assert run.consumer.closed and not run.matcher.running()
+    assert len(run.verdicts()) == 6  # published on the way out
+    assert run.kafka.committed.get(Partition(IN, 0), 0) == 0  # the lone half is read again on restart
+
+
+@pytest.mark.parametrize("error", [ClientError("refused", too_large=True)])
+def test_a_dead_letter_refused_as_too_large_is_sent_in_its_smallest_form(tiny_model_dir, error):
+    with Running(tiny_model_dir) as run:
+        run.producers[-1].fail(1, error)
+        run.send((b"bad id!", b"x" * 1000, [("dm-half", b"spoken")]), partition=0)
+        assert until(lambda: len(run.kafka.records(DLQ)) == 1)
+        assert run.matcher.metrics.dead_letters_truncated._value.get() == 1
+    (letter,) = run.kafka.records(DLQ)
+    assert letter.value == b"" and wire.H_DLQ_TRUNCATED in dict(letter.headers)
+
+
+def test_a_rebalance_mid_batch_publishes_the_batch_and_commits_before_letting_go(tiny_model_dir):
+    """Pairs joined but still in the batcher (a long --max-delay-ms) when their partition is
+    revoked: the revocation drains them (scored, published, acknowledged) and commits past them."""
+    pairs = make_pairs(3, "mid-batch", seed=12)
+    tp = Partition(IN, 0)
+    with Running(tiny_model_dir, max_delay_ms=60_000, max_batch_size=64) as run:
+        run.send(*(half for p in pairs for half in (p.spoken(), p.written())), partition=0)
+        assert until(lambda: len(run.matcher.batcher) == 3)
+        assert run.verdicts() == {}
+        run.consumer.rebalance(revoke={tp})
+        assert until(lambda: len(run.verdicts()) == 3)
+        assert until(lambda: run.kafka.committed.get(tp) == 6)
+        assert tp not in run.matcher.assigned
+
+
+def test_the_input_is_paused_while_the_model_is_behind_and_resumed_after(tiny_model_dir, monkeypatch):
+    import threading
+
+    from digitmatch.model.serving import ServingModel
+
+    gate = threading.Event()
+    predict = ServingModel.predict_padded
+
+    def slow(self, mfcc, images):
+        gate.wait(10)
+        return predict(self, mfcc, images)
+
+    monkeypatch.setattr(ServingModel, "predict_padded", slow)
+    gate.set()  # the proof at start-up runs at full speed
+    pairs = make_pairs(12, "pause", seed=13)
+    with Running(tiny_model_dir, max_batch_size=2, max_queued_batches=1, max_delay_ms=1) as run:
+        gate.clear()
+        run.send(*(half for p in pairs for half in (p.spoken(), p.written())), partition=0)
+        assert until(lambda: run.consumer.paused() == run.matcher.assigned)
+        gate.set()
+        assert until(lambda: len(run.verdicts()) == 12)
+        assert until(lambda: not run.consumer.paused())
