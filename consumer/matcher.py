@@ -228,7 +228,7 @@ class Matcher:
             wake.append(deadline)
         return max(0.0, min(wake) - now)
 
-    # ------------------------------------------------------------------ one record
+    # ------------------------------------------------------------------ scored batches
 
     def _on_scored(self, batch: Batch[JoinedPair], _model, scored: list[Verdict]) -> None:
         """Inference thread: the batch's verdicts to the outbox."""
