@@ -156,6 +156,16 @@ class Reader:
         self.consumer.close()
 
 
+def until(condition, timeout_s: float = 30.0, interval_s: float = 0.01) -> bool:
+    """Wait until ``condition()`` holds; False if it did not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True
+
+
 def decision(v: wire.Verdict) -> tuple:
     """The fields a re-emitted verdict must repeat exactly."""
     return (v.outcome, v.score, v.threshold, v.model.name, v.model.version, v.missing_half,

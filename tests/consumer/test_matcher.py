@@ -18,6 +18,7 @@ from matcher_harness import (
     metric_value,
     own_tracebacks,
     readyz,
+    until,
 )
 
 from digitmatch import wire
@@ -29,15 +30,6 @@ from digitmatch.kafka.admin import ensure_topics
 pytestmark = pytest.mark.slow
 
 TEST_GROUP_TIMING = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
-
-
-def until(condition, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def settled(matcher: Matcher) -> bool:
