@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("digitmatch.producer.load", "publish spoken/written halves of pairs to Kafka"),
     "serve": ("digitmatch.consumer.serve", "run the matcher: join halves, micro-batch, publish verdicts"),
     "bench": ("digitmatch.dev.bench.cli", "benchmarks: model alone, naive consumer, pipeline under load, batching sweep"),
-    "broker": ("digitmatch.dev.broker", "run the embedded Kafka-protocol broker (Tansu) with the topics"),
+    "broker": ("digitmatch.dev.broker", "run a local broker with the topics: embedded (Tansu) or Apache Kafka (KRaft)"),
 }
 
 

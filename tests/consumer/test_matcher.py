@@ -27,7 +27,7 @@ from digitmatch.consumer.config import MatcherConfig
 from digitmatch.consumer.matcher import Matcher
 from digitmatch.kafka.admin import ensure_topics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 TEST_GROUP_TIMING = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 

@@ -18,7 +18,7 @@ from probe import Sampler, proc_memory_kib
 
 from digitmatch import wire
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 GENERATED = 10_000
 GOOD_EVERY = 50  # a good pair after every 50 bad records

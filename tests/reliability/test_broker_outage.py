@@ -14,7 +14,7 @@ from probe import Sampler
 from digitmatch import wire
 from digitmatch.dev.broker import EmbeddedBroker, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 DEFAULT_TOPICS = Topics(wire.TOPIC_PAIRS, wire.TOPIC_MATCHES, wire.TOPIC_DLQ)  # what a broker restart re-creates
 

@@ -13,7 +13,7 @@ from flow import PairStream, committed_records, serve_flags, tally
 from matcher_harness import Topics, make_pairs
 from probe import Sampler
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 MAX_PAIRS = 5000
 RATE = 40.0  # pairs per second

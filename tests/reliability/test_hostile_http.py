@@ -34,7 +34,7 @@ from probe import proc_memory_kib
 
 from digitmatch.procfs import read_stat
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 FLOOD = 1_100  # idle connections held open at once by the attacker
 MATCHER_FDS = 1_024  # the matcher's soft RLIMIT_NOFILE (where the attack was found)

@@ -31,7 +31,7 @@ import pytest
 from flow import serve_flags, tally
 from matcher_harness import PairSpec, Topics, make_pairs, metric_value
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 POLL_S = 0.2
 GROUPS = (1, 2, 3, 4)  # pairs sent together (one batch each, as far as the batcher's deadline goes)

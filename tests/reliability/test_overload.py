@@ -16,7 +16,7 @@ from probe import Sampler, proc_memory_kib
 
 from digitmatch import wire
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 BATCH = 16
 QUEUED = 2

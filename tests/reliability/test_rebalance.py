@@ -13,7 +13,7 @@ from flow import PairStream, serve_flags, tally
 from matcher_harness import Topics, make_pairs, metric_value
 from probe import Sampler
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.any_broker]
 
 MAX_PAIRS = 5000
 RATE = 35.0
