@@ -44,11 +44,14 @@ class Topics:
     dlq: str
 
     @classmethod
-    def create(cls, conn: KafkaConnection, name: str, partitions: int = 4) -> "Topics":
-        """Fresh topics for one test, so tests sharing a broker never see each other's records."""
+    def create(cls, conn: KafkaConnection, name: str, partitions: int = 4, *,
+               input_configs: dict[str, str] | None = None) -> "Topics":
+        """Fresh topics for one test, so tests sharing a broker never see each other's records
+        (``input_configs``: topic settings of the input topic only)."""
         n = next(_counter)
         topics = cls(f"{name}-{n}.pairs.in", f"{name}-{n}.matches.out", f"{name}-{n}.pairs.dlq")
-        ensure_topics(conn, {topics.input: partitions, topics.output: partitions, topics.dlq: 1})
+        ensure_topics(conn, {topics.input: partitions}, configs=input_configs)
+        ensure_topics(conn, {topics.output: partitions, topics.dlq: 1})
         return topics
 
 
