@@ -142,6 +142,7 @@ PARTITIONS = 4
 
 
 @pytest.mark.slow
+@pytest.mark.any_broker
 def test_halves_from_a_librdkafka_default_producer_are_dead_lettered_misrouted(broker, start_matcher,
                                                                                serving_model):
     """Spoken halves from a confluent-kafka producer left at librdkafka's default partitioner
