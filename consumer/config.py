@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,6 +53,12 @@ class MatcherConfig(BaseModel):
         "no read-back, but the commit point stalls while pairs overlap)"))
     model_poll_s: float = Field(10.0, gt=0, le=MAX_SECONDS, description=(
         "how often a versioned model root is checked for a new version"))
+    # Whether each half is in the partition its key hashes to (consumer/routing.py).
+    partition_check: Literal["murmur2", "off"] = Field("murmur2", description=(
+        "dead-letter as 'misrouted' a half read from another partition than its key's murmur2 partition (the "
+        "producers' partitioner must be murmur2: a half elsewhere would wait in vain for its partner); 'off' "
+        "checks nothing, for a topic whose partition count was increased while records written with the old "
+        "count are still to be read"))
     # Key, value and headers of a dead letter (consumer/dead_letter.py).
     max_dead_letter_bytes: int = Field(1_000_000, ge=4096, description=(
         "largest dead letter published; a rejected record too large for it is dead-lettered truncated, with "

@@ -2,7 +2,8 @@
 
 A pair's way (docs/architecture.md has the picture): the consumer's poll (``digitmatch.kafka.client``)
 -> :class:`~digitmatch.consumer.checkpointing.Checkpoint` places partitions and reads back ->
-decoding (``digitmatch.wire``) -> :class:`~digitmatch.consumer.join.JoinTable` (expiry by
+decoding (``digitmatch.wire``) and the partition check (:class:`~digitmatch.consumer.routing.Routing`)
+-> :class:`~digitmatch.consumer.join.JoinTable` (expiry by
 :class:`~digitmatch.consumer.stream_time.StreamClock`) -> :class:`~digitmatch.consumer.batcher.Batcher`
 -> :class:`~digitmatch.consumer.pausing.BackPressure` -> the inference thread
 (:class:`~digitmatch.consumer.inference.InferenceWorker`) -> records
@@ -44,6 +45,7 @@ from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.outbox import Outbox
 from digitmatch.consumer.pausing import BackPressure
 from digitmatch.consumer.rebalance import Rebalance
+from digitmatch.consumer.routing import Routing
 from digitmatch.consumer.stream_time import StreamClock
 from digitmatch.consumer import verdicts
 from digitmatch.kafka import clients
@@ -202,8 +204,8 @@ class Matcher:
             for tp, batch in records.items():
                 if tp not in self.assigned:
                     continue  # revoked while these were in flight; the next owner reads them
-                for record in self.checkpoint.read_back(tp, batch, lambda r: self.intake.remember(tp, r, now, now_ms)):
-                    self.intake.handle(tp, record, now, now_ms)
+                batch = self.checkpoint.read_back(tp, batch, lambda r: self.intake.remember(tp, r, now, now_ms))
+                self.intake.handle_batch(tp, batch, now, now_ms)
             self.intake.count_consumed()
             self._advance_quiet_partitions(records, now - last_poll)
             last_poll = now
@@ -262,11 +264,12 @@ class Matcher:
         self.outbox = outbox
         self.checkpoint = Checkpoint(consumer, cfg.lookback_records, self.metrics)
         self.pressure = BackPressure(self.batches, consumer, self.metrics)
-        consumer.subscribe([cfg.input_topic], Rebalance(self.checkpoint, self.pressure, self.join, self.clock,
+        routing = Routing(consumer, cfg.input_topic, enabled=cfg.partition_check == "murmur2")
+        consumer.subscribe([cfg.input_topic], Rebalance(self.checkpoint, self.pressure, self.join, self.clock, routing,
                                                         drain=self._drain, changed=self._update_gauges))
         self.intake = Intake(cfg, join=self.join, clock=self.clock, batcher=self.batcher, checkpoint=self.checkpoint,
                              pressure=self.pressure, outbox=outbox, models=self.models, metrics=self.metrics,
-                             mirror=_same_partitions(consumer, cfg.input_topic, cfg.output_topic))
+                             routing=routing, mirror=_same_partitions(consumer, cfg.input_topic, cfg.output_topic))
         self.consumer, self.connected = consumer, True
         log.info("connected to %s; group %r on %r -> %r (dead letters %r)", cfg.kafka.bootstrap_servers,
                  cfg.group_id, cfg.input_topic, cfg.output_topic, cfg.dlq_topic)

@@ -4,7 +4,9 @@ Rules (the client calls these on the poll thread, inside ``poll``: see digitmatc
 
 * **Assigned**: the partitions are tracked from where their reading starts
   (:class:`~digitmatch.consumer.checkpointing.Checkpoint`), and paused at once if the input is
-  paused for back-pressure.
+  paused for back-pressure; the input topic's partition count is read again before the next
+  partition check (:class:`~digitmatch.consumer.routing.Routing`: the assignment changes when
+  partitions are added).
 * **Revoked**: everything joined so far is scored and published and its acknowledgements collected
   (``drain``), the commit points are committed, and the pending halves of the revoked partitions
   are forgotten without a verdict: they are uncommitted, so their next owner reads them again.
@@ -21,6 +23,7 @@ from typing import Callable
 from digitmatch.consumer.checkpointing import Checkpoint
 from digitmatch.consumer.join import JoinTable
 from digitmatch.consumer.pausing import BackPressure
+from digitmatch.consumer.routing import Routing
 from digitmatch.consumer.stream_time import StreamClock
 from digitmatch.kafka.client import Partition
 
@@ -28,18 +31,20 @@ log = logging.getLogger(__name__)
 
 
 class Rebalance:
-    def __init__(self, checkpoint: Checkpoint, pressure: BackPressure, join: JoinTable, clock: StreamClock, *,
-                 drain: Callable[[], None], changed: Callable[[], None]):
+    def __init__(self, checkpoint: Checkpoint, pressure: BackPressure, join: JoinTable, clock: StreamClock,
+                 routing: Routing, *, drain: Callable[[], None], changed: Callable[[], None]):
         self.checkpoint = checkpoint
         self.pressure = pressure
         self.join = join
         self.clock = clock
+        self.routing = routing
         self._drain = drain
         self._changed = changed
 
     def on_assigned(self, partitions: set[Partition]) -> None:
         self.checkpoint.assign(partitions)
         self.pressure.assigned(partitions)
+        self.routing.assigned()
         log.info("partitions assigned: %s", sorted(tp.partition for tp in self.checkpoint.assigned))
         self._changed()
 

@@ -87,7 +87,9 @@ class Consumer(Protocol):
     def lag(self, partition: Partition) -> int | None:
         """Records after the next one ``poll`` returns, as of the last fetch (None before one)."""
 
-    def partitions(self, topic: str) -> set[int] | None: ...
+    def partitions(self, topic: str) -> set[int] | None:
+        """The partition numbers of ``topic`` as the broker's metadata has them now (None: no such
+        topic); raises :class:`ClientError` when the metadata does not come."""
 
     def close(self) -> None: ...
 

@@ -376,7 +376,10 @@ class LibrdkafkaConsumer:
         return None if high is None or position is None else max(0, high - position)
 
     def partitions(self, topic: str) -> set[int] | None:
-        metadata = self._consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+        except confluent_kafka.KafkaException as exc:  # no answer within the timeout
+            raise _raised(exc) from None
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
             return None

@@ -2,14 +2,17 @@
 tests of the loop: partitions are lists, a group has one member, rebalances and delivery failures
 happen when a test asks for them. It keeps the interface's promises: assignment callbacks run
 inside ``poll``, after a new assignment is in place; ``pause`` keeps what was not returned yet;
-``commit`` is synchronous; delivery reports come on another thread."""
+``commit`` is synchronous; delivery reports come on another thread. A record appended without a
+partition goes where the Java client's default partitioner puts its key (kafka-python's murmur2,
+not the matcher's own partitioner that the routing check uses)."""
 
 from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections import deque
+
+from kafka.partitioner.default import murmur2
 
 from digitmatch.kafka.client import ClientError, OutgoingRecord, Partition, Record
 
@@ -26,7 +29,7 @@ class FakeKafka:
     def append(self, topic: str, key: bytes | None, value: bytes | None, headers, partition: int | None = None,
                timestamp: int | None = None) -> Partition:
         count = sum(1 for tp in self.logs if tp.topic == topic)
-        tp = Partition(topic, partition if partition is not None else zlib.crc32(key or b"") % count)
+        tp = Partition(topic, partition if partition is not None else (murmur2(key or b"") & 0x7FFFFFFF) % count)
         with self.lock:
             log = self.logs[tp]
             stamp = int(time.time() * 1000) if timestamp is None else timestamp
@@ -49,6 +52,7 @@ class FakeConsumer:
         self._changes: deque[tuple[str, set[Partition]]] = deque()
         self.closed = False
         self.fail_commits = 0
+        self.sought: list[tuple[Partition, int]] = []  # every seek, in order
 
     # the test's controls
     def rebalance(self, revoke: set[Partition] = frozenset(), assign: set[Partition] = frozenset()) -> None:
@@ -103,6 +107,7 @@ class FakeConsumer:
 
     def seek(self, partition: Partition, offset: int) -> None:
         self.positions[partition] = offset
+        self.sought.append((partition, offset))
 
     def commit(self, offsets) -> None:
         if self.fail_commits:

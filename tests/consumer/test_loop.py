@@ -7,11 +7,13 @@ import time
 
 import pytest
 from fake_kafka import FakeConsumer, FakeKafka, FakeProducer
+from kafka.partitioner.default import murmur2
 from matcher_harness import make_pairs, until
 
 from digitmatch import wire
 from digitmatch.consumer.config import MatcherConfig
 from digitmatch.consumer.matcher import Matcher
+from digitmatch.consumer.routing import detail
 from digitmatch.kafka.client import ClientError, Partition
 from digitmatch.kafka.configuration import KafkaConnection
 
@@ -25,9 +27,12 @@ class Running:
         self.kafka = FakeKafka({IN: 2, OUT: 2, DLQ: 1})
         self.consumers: list[FakeConsumer] = []
         self.producers: list[FakeProducer] = []
+        # The partition check is off unless a test turns it on: most tests place halves in the
+        # partition they need (send(partition=...)), whatever their key hashes to.
         settings = dict(kafka=KafkaConnection(bootstrap_servers="fake:9092"), model=model, input_topic=IN,
                         output_topic=OUT, dlq_topic=DLQ, metrics_host="127.0.0.1", metrics_port=0,
-                        commit_interval_ms=20, max_delay_ms=5, max_batch_size=8, join_ttl_s=30)
+                        commit_interval_ms=20, max_delay_ms=5, max_batch_size=8, join_ttl_s=30,
+                        partition_check="off")
         self.matcher = Matcher(MatcherConfig(**(settings | overrides)), new_consumer=self._consumer,
                                new_producer=self._producer)
 
@@ -251,3 +256,54 @@ def test_the_input_is_paused_while_the_model_is_behind_and_resumed_after(tiny_mo
         gate.set()
         assert until(lambda: len(run.verdicts()) == 12)
         assert until(lambda: not run.consumer.paused())
+
+
+def home(pair: "make_pairs") -> int:
+    """The partition of IN (2 partitions) a murmur2 partitioner puts the pair's halves in."""
+    return (murmur2(pair.pair_id.encode()) & 0x7FFFFFFF) % 2
+
+
+def test_a_misrouted_half_is_dead_lettered_and_its_partner_gets_the_one_verdict(tiny_model_dir):
+    """The spoken half in the other partition (a producer with another partitioner), the written
+    half where its key hashes to: one dead letter naming the fix, one ``unpaired`` verdict."""
+    pair, good = make_pairs(2, "misrouted", seed=14)
+    with Running(tiny_model_dir, partition_check="murmur2", join_ttl_s=0.3) as run:
+        run.send(pair.spoken(), partition=1 - home(pair))
+        run.send(pair.written(), good.spoken(), good.written())  # the fake's partitioner: murmur2
+        assert until(lambda: {pair.pair_id, good.pair_id} <= run.verdicts().keys(), 10)
+        assert until(lambda: run.kafka.committed == ends(run.kafka))
+        time.sleep(0.4)  # past the TTL again: a second verdict would be out by now
+        misrouted = run.matcher.metrics.dead_letters.labels(reason="misrouted")._value.get()
+    (letter,) = run.kafka.records(DLQ)
+    headers = dict(letter.headers)
+    assert headers[wire.H_DLQ_REASON] == b"misrouted"
+    assert headers[wire.H_DLQ_DETAIL] == detail(home(pair), 2, 1 - home(pair)).encode()
+    assert (letter.key, letter.value) == pair.spoken()[:2]
+    assert misrouted == 1
+    (verdict,) = run.verdicts()[pair.pair_id]
+    assert (verdict.outcome, verdict.missing_half) == ("unpaired", wire.Half.SPOKEN)
+    assert [v.outcome != "unpaired" for v in run.verdicts()[good.pair_id]] == [True]
+
+
+def test_with_the_check_off_a_misrouted_half_waits_for_a_partner_in_vain(tiny_model_dir):
+    """The behaviour before the check, still there with --partition-check off: each half of the
+    split pair gets an ``unpaired`` verdict of its own, and nothing is dead-lettered."""
+    (pair,) = make_pairs(1, "unchecked", seed=15)
+    with Running(tiny_model_dir, partition_check="off", join_ttl_s=0.3) as run:
+        run.send(pair.spoken(), partition=1 - home(pair))
+        run.send(pair.written())
+        assert until(lambda: len(run.verdicts().get(pair.pair_id, [])) == 2, 10)
+    assert sorted(v.missing_half.value for v in run.verdicts()[pair.pair_id]) == ["spoken", "written"]
+    assert run.kafka.records(DLQ) == []
+
+
+def test_a_misrouted_half_read_back_after_a_rebalance_is_not_dead_lettered_again(tiny_model_dir):
+    (pair,) = make_pairs(1, "read-back", seed=16)
+    wrong = Partition(IN, 1 - home(pair))
+    with Running(tiny_model_dir, partition_check="murmur2") as run:
+        run.send(pair.spoken(), partition=wrong.partition)
+        assert until(lambda: run.kafka.committed.get(wrong) == 1)
+        run.consumer.rebalance(revoke={wrong}, assign={wrong})  # reads offset 0 back, before the commit point
+        assert until(lambda: (wrong, 0) in run.consumer.sought and run.consumer.positions.get(wrong) == 1)
+        time.sleep(0.1)  # the record read back went through the intake
+    assert len(run.kafka.records(DLQ)) == 1
