@@ -8,8 +8,9 @@ Rules (the wire format's are in docs/wire-format.md, the join's in consumer/join
   its dead letter, or nothing (an identical duplicate) has been taken care of.
 * A joined pair's span (its two offsets) and a duplicate's or late half's tie to its pair are
   registered with the checkpoint, which keeps the commit point from splitting them unsafely.
-* A record read back before the commit point (:meth:`Intake.remember`) decides nothing: its valid
-  half only restores the join's memory of decided pairs.
+* A record read back that was finished before (below the commit point, or listed as finished by
+  the commit's metadata: consumer/checkpointing.py) decides nothing (:meth:`Intake.remember`): its
+  valid half only restores the join's memory of decided pairs.
 * No ``unpaired`` verdict is published for a partition the matcher no longer owns: its next owner
   reads the half again and decides it.
 """
@@ -97,9 +98,10 @@ class Intake:
         elif result.outcome is JoinOutcome.ALREADY_DECIDED:
             self.dead_letter(tp, record, Reason.ALREADY_DECIDED, result.detail)
 
-    def remember(self, tp: Partition, record: Record, now: float, now_ms: int) -> None:
-        """A record read back before the commit point: its valid half only restores the join's
-        memory of decided pairs (it was decided, or dead-lettered, before)."""
+    def remember(self, tp: Partition, record: Record, now: float, now_ms: int, rejoin: bool = True) -> None:
+        """A record read back that was finished before: its valid half only restores the join's
+        memory of decided pairs (it was decided, or dead-lettered, before; ``rejoin``:
+        :meth:`JoinTable.restore`)."""
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
         if record.headers is None:
             return
@@ -108,7 +110,7 @@ class Intake:
         except InvalidMessage:
             return
         self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
-                                     now, now_ms, half.digit, half.produced_ms, stream_ms))
+                                     now, now_ms, half.digit, half.produced_ms, stream_ms), rejoin)
 
     def dead_letter(self, tp: Partition, record: Record, reason: Reason, detail: str) -> None:
         log.info("dead letter %s:%d:%d: %s: %s", tp.topic, tp.partition, record.offset, reason.value, detail)
