@@ -16,8 +16,9 @@ Rules:
   the unfinished offsets as gaps (the first from ``c``, each next one from the one before, minus 1).
 * It stays within :data:`BUDGET` characters: Kafka refuses metadata longer than the broker's
   ``offset.metadata.max.bytes`` (4,096 by default), and the margin is for brokers configured a
-  little lower. :data:`BUDGET` holds 2,247 varint bytes: at least 449 unfinished offsets however far
-  apart they are (5 bytes each: gaps below 2^35), 2,246 when each lies within 128 of the one before.
+  little lower. :data:`BUDGET` holds 2,247 varint bytes: at least 448 unfinished offsets however far
+  apart they are (5 bytes each: gaps below 2^35), about 2,240 when each lies within 128 of the one
+  before.
 * A metadata string that is empty, of another version or inconsistent (an unfinished offset at or
   past ``end``) is no metadata (:func:`decode` returns None): a broker that drops it (Tansu), a
   commit made by another program. Then only the committed offset is known, and everything from it

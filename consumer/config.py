@@ -81,7 +81,7 @@ class MatcherConfig(BaseModel):
         "exactly-once: verdicts, dead letters and consumed offsets are committed in one Kafka transaction per "
         "commit interval (needs a broker with transactions that keeps commit metadata, and read_committed readers "
         "of the outputs); a partition then holds at most as many pending halves as its commit metadata can list "
-        "(at least 449, about 2,200 when they lie close together), beyond which the oldest are declared unpaired "
+        "(at least 448, about 2,240 when they lie close together), beyond which the oldest are declared unpaired "
         "early"))
     transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000, description=(
         "exactly-once: how long the broker keeps a transaction open before aborting it (a crashed matcher's: "

@@ -107,8 +107,10 @@ class LibrdkafkaTransactionalProducer(LibrdkafkaProducer):
 
     def __init__(self, conn: KafkaConnection, transactional_id: str, *, transaction_timeout_ms: int,
                  init_timeout_s: float = 30.0):
-        super().__init__(conn, **{"transactional.id": transactional_id,
-                                  "transaction.timeout.ms": transaction_timeout_ms})
+        # (librdkafka refuses a socket timeout longer than the transaction timeout)
+        timeout_ms = min(conn.request_timeout_ms, transaction_timeout_ms)
+        super().__init__(conn, **{"transactional.id": transactional_id, "transaction.timeout.ms": transaction_timeout_ms,
+                                  "socket.timeout.ms": timeout_ms, "request.timeout.ms": timeout_ms})
         try:
             self._producer.init_transactions(init_timeout_s)
         except confluent_kafka.KafkaException as exc:
