@@ -79,7 +79,19 @@ class MatcherConfig(BaseModel):
         "port of /metrics /healthz /readyz (0 = any free port, logged)"))
     session_timeout_ms: int = Field(10_000, gt=0, description="consumer-group session timeout")
     heartbeat_interval_ms: int = Field(3_000, gt=0, description="consumer-group heartbeat interval")
-    commit_interval_ms: int = Field(500, gt=0, description="how often finished offsets are committed")
+    commit_interval_ms: int = Field(500, gt=0, description=(
+        "how often finished offsets are committed (exactly once: how often a transaction is committed)"))
+    # consumer/transactions.py; the metadata budget is consumer/commit_metadata.py's.
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field("at-least-once", description=(
+        "at-least-once: a pair may be decided again after a crash or rebalance (identical verdict); "
+        "exactly-once: verdicts, dead letters and consumed offsets are committed in one Kafka transaction per "
+        "commit interval (needs a broker with transactions that keeps commit metadata, and read_committed readers "
+        "of the outputs); a partition then holds at most as many pending halves as its commit metadata can list "
+        "(at least 448, about 2,240 when they lie close together), beyond which the oldest are declared unpaired "
+        "early"))
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000, description=(
+        "exactly-once: how long the broker keeps a transaction open before aborting it (a crashed matcher's: "
+        "until then its partitions' next owner and read_committed readers wait); longer than the commit interval"))
     max_poll_records: int = Field(2_000, ge=1, description="most records one poll returns")
     # kafka-python's default (500 ms) is how long a fetch may wait for data; a broker that holds
     # fetches for it (Tansu does) adds up to that to every record's latency (docs/benchmarks.md).
@@ -90,10 +102,16 @@ class MatcherConfig(BaseModel):
     def _consistent(self) -> "MatcherConfig":
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat interval must be shorter than the session timeout")
+        if self.processing_guarantee == "exactly-once" and self.transaction_timeout_ms <= 2 * self.commit_interval_ms:
+            raise ValueError("transaction timeout must be more than twice the commit interval")
         if self.lookback_records > self.decided_memory:
             raise ValueError("lookback records must not exceed the decided memory (the pairs read "
                              "back are kept there)")
         return self
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly-once"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "MatcherConfig":

@@ -12,8 +12,9 @@ partition check's in consumer/routing.py):
 * A poll's records of a partition are checked for their partition together
   (:meth:`Intake.handle_batch`); a valid half in another partition than its key hashes to is
   dead-lettered ``misrouted`` instead of joined.
-* A record read back before the commit point (:meth:`Intake.remember`) decides nothing and is not
-  checked: its valid half only restores the join's memory of decided pairs.
+* A record read back that was finished before (below the commit point, or listed as finished by
+  the commit's metadata: consumer/checkpointing.py) decides nothing and is not checked
+  (:meth:`Intake.remember`): its valid half only restores the join's memory of decided pairs.
 * No ``unpaired`` verdict is published for a partition the matcher no longer owns: its next owner
   reads the half again and decides it.
 """
@@ -21,6 +22,7 @@ partition check's in consumer/routing.py):
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 from digitmatch.consumer import verdicts
 from digitmatch.consumer.batcher import Batcher
@@ -68,10 +70,12 @@ class Intake:
                 self.metrics.messages_consumed.labels(half=half).inc(count)
                 self.consumed[half] = 0
 
-    def handle_batch(self, tp: Partition, records: list[Record], now: float, now_ms: int) -> None:
-        """A poll's records of ``tp``: their partition checked at once, then each handled."""
-        misrouted = self.routing.misrouted(tp, records)
-        for record in records:
+    def handle_batch(self, tp: Partition, polled: list[Record], now: float, now_ms: int,
+                     handled: Iterable[Record] | None = None) -> None:
+        """A poll's records of ``tp``: their partition checked at once, then each of ``handled``
+        (default: all; the checkpoint's read-back leaves some out) handled, in order."""
+        misrouted = self.routing.misrouted(tp, polled)
+        for record in polled if handled is None else handled:
             self.handle(tp, record, now, now_ms, misrouted.get(record.offset))
 
     def handle(self, tp: Partition, record: Record, now: float, now_ms: int, misrouted: str | None = None) -> None:
@@ -113,9 +117,10 @@ class Intake:
         elif result.outcome is JoinOutcome.ALREADY_DECIDED:
             self.dead_letter(tp, record, Reason.ALREADY_DECIDED, result.detail)
 
-    def remember(self, tp: Partition, record: Record, now: float, now_ms: int) -> None:
-        """A record read back before the commit point: its valid half only restores the join's
-        memory of decided pairs (it was decided, or dead-lettered, before)."""
+    def remember(self, tp: Partition, record: Record, now: float, now_ms: int, rejoin: bool = True) -> None:
+        """A record read back that was finished before: its valid half only restores the join's
+        memory of decided pairs (it was decided, or dead-lettered, before; ``rejoin``:
+        :meth:`JoinTable.restore`)."""
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
         if record.headers is None:
             return
@@ -124,7 +129,7 @@ class Intake:
         except InvalidMessage:
             return
         self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
-                                     now, now_ms, half.digit, half.produced_ms, stream_ms))
+                                     now, now_ms, half.digit, half.produced_ms, stream_ms), rejoin)
 
     def dead_letter(self, tp: Partition, record: Record, reason: Reason, detail: str) -> None:
         log.info("dead letter %s:%d:%d: %s: %s", tp.topic, tp.partition, record.offset, reason.value, detail)

@@ -8,11 +8,13 @@ Rules (the client calls these on the poll thread, inside ``poll``: see digitmatc
   partition check (:class:`~digitmatch.consumer.routing.Routing`: the assignment changes when
   partitions are added).
 * **Revoked**: everything joined so far is scored and published and its acknowledgements collected
-  (``drain``), the commit points are committed, and the pending halves of the revoked partitions
-  are forgotten without a verdict: they are uncommitted, so their next owner reads them again.
+  (``drain``), the positions are committed (``commit``: exactly once, the transaction, the revoked
+  partitions' positions included), and the pending halves of the revoked partitions are forgotten
+  without a verdict: they are unfinished, so their next owner reads them again.
 * **Lost** (the group moved on without this member): the same, except that nothing is committed
-  (it would be refused) and the client reads the partitions again from the committed offsets if
-  it gets them back.
+  (it would be refused): exactly once, the transaction is aborted (``abort``, which reads the
+  partitions kept again from their committed positions). Whoever gets the partitions next, this
+  matcher included, reads them from their committed positions.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ log = logging.getLogger(__name__)
 
 class Rebalance:
     def __init__(self, checkpoint: Checkpoint, pressure: BackPressure, join: JoinTable, clock: StreamClock,
-                 routing: Routing, *, drain: Callable[[], None], changed: Callable[[], None]):
+                 routing: Routing, *, drain: Callable[[], None], commit: Callable[[], None],
+                 abort: Callable[[str], None] | None = None, changed: Callable[[], None]):
         self.checkpoint = checkpoint
+        self._commit = commit
+        self._abort = abort
         self.pressure = pressure
         self.join = join
         self.clock = clock
@@ -61,7 +66,9 @@ class Rebalance:
                  sorted(tp.partition for tp in partitions), "" if lost else " and committing")
         self._drain()
         if not lost:
-            self.checkpoint.commit()
+            self._commit()
+        elif self._abort is not None:
+            self._abort("partitions lost")
         self.checkpoint.revoke(partitions, lost)
         dropped = self.join.revoke(partitions)
         self.clock.forget(partitions)

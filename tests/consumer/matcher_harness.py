@@ -120,11 +120,13 @@ class Collected:
 
 
 class Reader:
-    """Reads a test's output and dead-letter topics from the beginning (no consumer group)."""
+    """Reads a test's output and dead-letter topics from the beginning (no consumer group);
+    ``read_committed``: as a downstream consumer of an exactly-once matcher reads them."""
 
-    def __init__(self, conn: KafkaConnection, topics: Topics):
+    def __init__(self, conn: KafkaConnection, topics: Topics, read_committed: bool = False):
         self.topics = topics
-        self.consumer = KafkaConsumer(**conn.consumer_kwargs(None))
+        self.consumer = KafkaConsumer(**conn.consumer_kwargs(
+            None, isolation_level="read_committed" if read_committed else "read_uncommitted"))
         parts = [
             TopicPartition(t, p)
             for t in (topics.output, topics.dlq)
