@@ -40,12 +40,17 @@ SUMMARY = [  # column title, figure names tried in order
     ("peak RSS MiB", ["peak_rss_mib"]),
 ]
 
+# How each scenario's broker is named under its figures.
+BROKERS = {"kafka": " on Apache Kafka 3.9.1 (native KRaft)", "tansu": " on the embedded Tansu broker"}
+
 INTRO = """\
 # Reliability
 
 What the matcher does when things go wrong, measured by the reliability suite
-(`tests/reliability/`, part of `make test` and CI) against a real Kafka-protocol broker (the
-embedded Tansu broker), real `digitmatch serve` processes and real SavedModels. Nothing here is
+(`tests/reliability/`, part of `make test` and CI) against a real broker (Apache Kafka 3.9.1,
+started natively by the suite: one node, or three for the cluster faults; `pytest --broker tansu`
+runs the same scenarios on the embedded Tansu broker, and each scenario says which broker its
+figures come from), real `digitmatch serve` processes and real SavedModels. Nothing here is
 typed by hand: every number below was written by the suite itself and rendered by
 `tests/reliability/report.py`. To measure again (5-10 minutes on 2 cores):
 
@@ -66,7 +71,8 @@ How to read the figures:
   0.1-0.5 s) of any matcher process; **peak RSS**: highest `VmHWM` in `/proc/<pid>/status` of any
   matcher process.
 * Matcher processes run with `--session-timeout-ms 6000 --heartbeat-interval-ms 1000
-  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on
+  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout; Apache
+  Kafka's follow the heartbeats), on
   librdkafka, the matcher's only Kafka client (`digitmatch/kafka/clients.py` says why kafka-python is no
   longer one).
 """
@@ -124,8 +130,8 @@ RULES = """\
 
 
 HOSTILE = """\
-Tried as an attacker would, from outside, with the embedded broker
-(`tests/reliability/test_hostile_records.py`, `test_hostile_http.py`, `test_model_swap.py`). What
+Tried as an attacker would, from outside (first on the embedded broker, now measured on Apache Kafka;
+`tests/reliability/test_hostile_records.py`, `test_hostile_http.py`, `test_model_swap.py`). What
 each attack did before, and what changed:
 
 * **A header name that is not UTF-8** (legal: Kafka header names are bytes). Before: confluent-kafka
@@ -251,7 +257,8 @@ def render(data: dict) -> str:
             out.append("| figure | value |\n|---|---|")
             for key, value in entry["figures"].items():
                 out.append(f"| {key.replace('_', ' ')} | {fmt(value)} |")
-            out.append(f"\n_recorded {entry['recorded']}_\n")
+            broker = BROKERS.get(entry.get("broker"), "")
+            out.append(f"\n_recorded {entry['recorded']}{broker}_\n")
     out.append(RULES)
     return "\n".join(out)
 
