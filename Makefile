@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Prometheus (promtool + server) and docker-compose validate the deploy/ files in the tests.
+# Prometheus (promtool + server) and docker-compose validate the deploy/ files in the tests; kcat
+# is one of the foreign clients of tests/clients/.
 system-deps:
 	bash .ci/system-deps
 

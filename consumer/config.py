@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,6 +53,12 @@ class MatcherConfig(BaseModel):
         "no read-back, but the commit point stalls while pairs overlap)"))
     model_poll_s: float = Field(10.0, gt=0, le=MAX_SECONDS, description=(
         "how often a versioned model root is checked for a new version"))
+    # Whether each half is in the partition its key hashes to (consumer/routing.py).
+    partition_check: Literal["murmur2", "off"] = Field("murmur2", description=(
+        "dead-letter as 'misrouted' a half read from another partition than its key's murmur2 partition (the "
+        "producers' partitioner must be murmur2: a half elsewhere would wait in vain for its partner); 'off' "
+        "checks nothing, for a topic whose partition count was increased while records written with the old "
+        "count are still to be read"))
     # Key, value and headers of a dead letter (consumer/dead_letter.py).
     max_dead_letter_bytes: int = Field(1_000_000, ge=4096, description=(
         "largest dead letter published; a rejected record too large for it is dead-lettered truncated, with "
@@ -73,7 +79,19 @@ class MatcherConfig(BaseModel):
         "port of /metrics /healthz /readyz (0 = any free port, logged)"))
     session_timeout_ms: int = Field(10_000, gt=0, description="consumer-group session timeout")
     heartbeat_interval_ms: int = Field(3_000, gt=0, description="consumer-group heartbeat interval")
-    commit_interval_ms: int = Field(500, gt=0, description="how often finished offsets are committed")
+    commit_interval_ms: int = Field(500, gt=0, description=(
+        "how often finished offsets are committed (exactly once: how often a transaction is committed)"))
+    # consumer/transactions.py; the metadata budget is consumer/commit_metadata.py's.
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field("at-least-once", description=(
+        "at-least-once: a pair may be decided again after a crash or rebalance (identical verdict); "
+        "exactly-once: verdicts, dead letters and consumed offsets are committed in one Kafka transaction per "
+        "commit interval (needs a broker with transactions that keeps commit metadata, and read_committed readers "
+        "of the outputs); a partition then holds at most as many pending halves as its commit metadata can list "
+        "(at least 448, about 2,240 when they lie close together), beyond which the oldest are declared unpaired "
+        "early"))
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000, description=(
+        "exactly-once: how long the broker keeps a transaction open before aborting it (a crashed matcher's: "
+        "until then its partitions' next owner and read_committed readers wait); longer than the commit interval"))
     max_poll_records: int = Field(2_000, ge=1, description="most records one poll returns")
     # kafka-python's default (500 ms) is how long a fetch may wait for data; a broker that holds
     # fetches for it (Tansu does) adds up to that to every record's latency (docs/benchmarks.md).
@@ -84,10 +102,16 @@ class MatcherConfig(BaseModel):
     def _consistent(self) -> "MatcherConfig":
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat interval must be shorter than the session timeout")
+        if self.processing_guarantee == "exactly-once" and self.transaction_timeout_ms <= 2 * self.commit_interval_ms:
+            raise ValueError("transaction timeout must be more than twice the commit interval")
         if self.lookback_records > self.decided_memory:
             raise ValueError("lookback records must not exceed the decided memory (the pairs read "
                              "back are kept there)")
         return self
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly-once"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "MatcherConfig":

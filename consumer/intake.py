@@ -1,15 +1,20 @@
-"""Records in: each record read is decoded, stamped with its partition's stream time, joined with
-its partner and batched; what is bad is dead-lettered, and a half whose partner will not come gets
-an ``unpaired`` verdict.
+"""Records in: each record read is decoded, stamped with its partition's stream time, checked for
+its partition, joined with its partner and batched; what is bad is dead-lettered, and a half whose
+partner will not come gets an ``unpaired`` verdict.
 
-Rules (the wire format's are in docs/wire-format.md, the join's in consumer/join.py):
+Rules (the wire format's are in docs/wire-format.md, the join's in consumer/join.py, the
+partition check's in consumer/routing.py):
 
 * Every record read is tracked by the checkpoint first; it is finished when its pair's verdict,
   its dead letter, or nothing (an identical duplicate) has been taken care of.
 * A joined pair's span (its two offsets) and a duplicate's or late half's tie to its pair are
   registered with the checkpoint, which keeps the commit point from splitting them unsafely.
-* A record read back before the commit point (:meth:`Intake.remember`) decides nothing: its valid
-  half only restores the join's memory of decided pairs.
+* A poll's records of a partition are checked for their partition together
+  (:meth:`Intake.handle_batch`); a valid half in another partition than its key hashes to is
+  dead-lettered ``misrouted`` instead of joined.
+* A record read back that was finished before (below the commit point, or listed as finished by
+  the commit's metadata: consumer/checkpointing.py) decides nothing and is not checked
+  (:meth:`Intake.remember`): its valid half only restores the join's memory of decided pairs.
 * No ``unpaired`` verdict is published for a partition the matcher no longer owns: its next owner
   reads the half again and decides it.
 """
@@ -17,6 +22,7 @@ Rules (the wire format's are in docs/wire-format.md, the join's in consumer/join
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 from digitmatch.consumer import verdicts
 from digitmatch.consumer.batcher import Batcher
@@ -28,6 +34,7 @@ from digitmatch.consumer.join import HalfRecord, JoinedPair, JoinOutcome, JoinTa
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.outbox import Outbox
 from digitmatch.consumer.pausing import BackPressure
+from digitmatch.consumer.routing import Routing
 from digitmatch.consumer.stream_time import StreamClock
 from digitmatch.kafka.client import Partition, Record
 from digitmatch.wire import InvalidMessage, Reason, decode_half
@@ -41,10 +48,11 @@ UNREADABLE_HEADERS = "a header name is not valid UTF-8: the record's headers can
 class Intake:
     def __init__(self, config: MatcherConfig, *, join: JoinTable, clock: StreamClock, batcher: Batcher[JoinedPair],
                  checkpoint: Checkpoint, pressure: BackPressure, outbox: Outbox, models: ModelManager,
-                 metrics: MatcherMetrics, mirror: bool):
+                 metrics: MatcherMetrics, routing: Routing, mirror: bool):
         self.config = config
         self.join = join
         self.clock = clock
+        self.routing = routing
         self.batcher = batcher
         self.checkpoint = checkpoint
         self.pressure = pressure
@@ -62,8 +70,17 @@ class Intake:
                 self.metrics.messages_consumed.labels(half=half).inc(count)
                 self.consumed[half] = 0
 
-    def handle(self, tp: Partition, record: Record, now: float, now_ms: int) -> None:
-        """Decode, join, batch; dead-letter what is bad (docs/wire-format.md)."""
+    def handle_batch(self, tp: Partition, polled: list[Record], now: float, now_ms: int,
+                     handled: Iterable[Record] | None = None) -> None:
+        """A poll's records of ``tp``: their partition checked at once, then each of ``handled``
+        (default: all; the checkpoint's read-back leaves some out) handled, in order."""
+        misrouted = self.routing.misrouted(tp, polled)
+        for record in polled if handled is None else handled:
+            self.handle(tp, record, now, now_ms, misrouted.get(record.offset))
+
+    def handle(self, tp: Partition, record: Record, now: float, now_ms: int, misrouted: str | None = None) -> None:
+        """Decode, join, batch; dead-letter what is bad (docs/wire-format.md), and a valid half
+        ``misrouted`` (the detail) to another partition than its key's."""
         self.checkpoint.track(tp, record.offset)
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
         try:
@@ -76,6 +93,9 @@ class Intake:
             self.dead_letter(tp, record, exc.reason, exc.detail)
             return
         self.consumed[half.half.value] += 1
+        if misrouted is not None:
+            self.dead_letter(tp, record, Reason.MISROUTED, misrouted)
+            return
         result = self.join.add(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
                                           now, now_ms, half.digit, half.produced_ms, stream_ms))
         for old in result.evicted:
@@ -97,9 +117,10 @@ class Intake:
         elif result.outcome is JoinOutcome.ALREADY_DECIDED:
             self.dead_letter(tp, record, Reason.ALREADY_DECIDED, result.detail)
 
-    def remember(self, tp: Partition, record: Record, now: float, now_ms: int) -> None:
-        """A record read back before the commit point: its valid half only restores the join's
-        memory of decided pairs (it was decided, or dead-lettered, before)."""
+    def remember(self, tp: Partition, record: Record, now: float, now_ms: int, rejoin: bool = True) -> None:
+        """A record read back that was finished before: its valid half only restores the join's
+        memory of decided pairs (it was decided, or dead-lettered, before; ``rejoin``:
+        :meth:`JoinTable.restore`)."""
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
         if record.headers is None:
             return
@@ -108,7 +129,7 @@ class Intake:
         except InvalidMessage:
             return
         self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
-                                     now, now_ms, half.digit, half.produced_ms, stream_ms))
+                                     now, now_ms, half.digit, half.produced_ms, stream_ms), rejoin)
 
     def dead_letter(self, tp: Partition, record: Record, reason: Reason, detail: str) -> None:
         log.info("dead letter %s:%d:%d: %s: %s", tp.topic, tp.partition, record.offset, reason.value, detail)

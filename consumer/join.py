@@ -212,13 +212,15 @@ class JoinTable:
         self._bytes += size
         return JoinResult(JoinOutcome.PENDING, evicted=evicted)
 
-    def restore(self, half: HalfRecord) -> None:
+    def restore(self, half: HalfRecord, rejoin: bool = True) -> None:
         """Remember a half read before the commit point (already finished: decided, or a copy of
-        a decided half) without deciding anything. See "Restored memory" above."""
+        a decided half) without deciding anything. See "Restored memory" above. ``rejoin=False``:
+        its partner, if it comes, is not joined with it again (the commit's metadata said that the
+        records after it are finished too: nothing of its pair is decided again)."""
         memory = self._decided.get(half.partition)
         entry = memory.get(half.pair_id) if memory is not None else None
         if entry is None:
-            self._remember(half.partition, half.pair_id, _decided(half.offset, half, restored=half))
+            self._remember(half.partition, half.pair_id, _decided(half.offset, half, restored=half if rejoin else None))
             return
         first_offset, spoken_digest, written_digest, restored = entry
         if restored is not None and restored.half is not half.half:
@@ -263,6 +265,21 @@ class JoinTable:
         self._count -= len(dropped)
         self._bytes -= sum(h.size for h in dropped)
         return dropped
+
+    def evict(self, partition: Hashable, count: int) -> list[HalfRecord]:
+        """Expire the ``count`` oldest pending halves of ``partition`` early (they get ``unpaired``
+        verdicts, as beyond ``max_pending``): exactly once, when the partition's unfinished records
+        would not fit its commit metadata (consumer/transactions.py)."""
+        waiting = self._pending.get(partition)
+        out = []
+        while waiting and len(out) < count:
+            out.append(self._expire(waiting, next(iter(waiting.values()))))
+            waiting = self._pending.get(partition)
+        return out
+
+    def pending_offsets(self, partition: Hashable) -> list[int]:
+        """Offsets of ``partition``'s pending halves, oldest first."""
+        return [h.offset for h in self._pending.get(partition, {}).values()]
 
     def pending(self) -> list[HalfRecord]:
         return [h for waiting in self._pending.values() for h in waiting.values()]

@@ -2,12 +2,14 @@
 
 A pair's way (docs/architecture.md has the picture): the consumer's poll (``digitmatch.kafka.client``)
 -> :class:`~digitmatch.consumer.checkpointing.Checkpoint` places partitions and reads back ->
-decoding (``digitmatch.wire``) -> :class:`~digitmatch.consumer.join.JoinTable` (expiry by
+decoding (``digitmatch.wire``) and the partition check (:class:`~digitmatch.consumer.routing.Routing`)
+-> :class:`~digitmatch.consumer.join.JoinTable` (expiry by
 :class:`~digitmatch.consumer.stream_time.StreamClock`) -> :class:`~digitmatch.consumer.batcher.Batcher`
 -> :class:`~digitmatch.consumer.pausing.BackPressure` -> the inference thread
 (:class:`~digitmatch.consumer.inference.InferenceWorker`) -> records
 (:mod:`digitmatch.consumer.verdicts`) -> :class:`~digitmatch.consumer.outbox.Outbox` -> the
-acknowledged offsets back to the checkpoint, committed every ``--commit-interval-ms``.
+acknowledged offsets back to the checkpoint, committed every ``--commit-interval-ms`` (exactly once:
+in a transaction with the records published, :class:`~digitmatch.consumer.transactions.Transactions`).
 Rebalances: :class:`~digitmatch.consumer.rebalance.Rebalance`. The command and its signals:
 :mod:`digitmatch.consumer.serve`.
 
@@ -44,10 +46,13 @@ from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.outbox import Outbox
 from digitmatch.consumer.pausing import BackPressure
 from digitmatch.consumer.rebalance import Rebalance
+from digitmatch.consumer.routing import Routing
 from digitmatch.consumer.stream_time import StreamClock
+from digitmatch.consumer.transactions import TransactionFatal, Transactions, transactional_id
 from digitmatch.consumer import verdicts
 from digitmatch.kafka import clients
 from digitmatch.kafka.client import ClientError, Consumer, Partition, Producer
+from digitmatch.kafka.exceptions import TransactionsUnavailable
 from digitmatch.model.serving import ModelError, set_cpu_threads
 from digitmatch.wire import Verdict
 from digitmatch.wire import now_ms as wall_ms
@@ -83,11 +88,16 @@ class Matcher:
         self.outbox: Outbox | None = None
         self.checkpoint: Checkpoint | None = None
         self.pressure: BackPressure | None = None
+        self.transactions: Transactions | None = None  # exactly once
         self.connected = False
         self._new_consumer = new_consumer or (lambda: clients.new_consumer(
             config.kafka, config.group_id, session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=config.heartbeat_interval_ms, fetch_max_wait_ms=config.fetch_max_wait_ms))
-        self._new_producer = new_producer or (lambda: clients.new_producer(config.kafka))
+            heartbeat_interval_ms=config.heartbeat_interval_ms, fetch_max_wait_ms=config.fetch_max_wait_ms,
+            read_committed=config.exactly_once))
+        self._new_producer = new_producer or (
+            (lambda: clients.new_transactional_producer(config.kafka, transactional_id(config.group_id),
+                                                        transaction_timeout_ms=config.transaction_timeout_ms))
+            if config.exactly_once else (lambda: clients.new_producer(config.kafka)))
         self.intake: Intake | None = None
         self._thread: threading.Thread | None = None
         self._health_ready = threading.Event()
@@ -145,9 +155,12 @@ class Matcher:
     def _run_captured(self) -> None:
         try:
             self.run()
-        except (ModelError, OSError) as exc:  # a bad --model or a taken port: the caller says so
+        except (ModelError, OSError, TransactionsUnavailable) as exc:  # a bad --model, a taken port: the caller says so
             self.error = exc
             log.debug("matcher could not start", exc_info=True)
+        except TransactionFatal as exc:
+            self.error = exc
+            log.error("%s", exc)
         except BaseException as exc:  # kept for the caller of start() to inspect
             self.error = exc
             log.exception("matcher stopped with an error")
@@ -202,8 +215,8 @@ class Matcher:
             for tp, batch in records.items():
                 if tp not in self.assigned:
                     continue  # revoked while these were in flight; the next owner reads them
-                for record in self.checkpoint.read_back(tp, batch, lambda r: self.intake.remember(tp, r, now, now_ms)):
-                    self.intake.handle(tp, record, now, now_ms)
+                self.intake.handle_batch(tp, batch, now, now_ms, self.checkpoint.read_back(
+                    tp, batch, lambda r, rejoin: self.intake.remember(tp, r, now, now_ms, rejoin)))
             self.intake.count_consumed()
             self._advance_quiet_partitions(records, now - last_poll)
             last_poll = now
@@ -213,7 +226,7 @@ class Matcher:
             for half in self.join.expire(self.clock):
                 self.intake.unpaired(half)
             if now >= next_commit:
-                self.checkpoint.commit()
+                self._commit()
                 next_commit = now + commit_every
             if now >= next_gauges:
                 self._update_gauges()
@@ -253,20 +266,27 @@ class Matcher:
                 return False
             with attempt:
                 outbox = Outbox(self._new_producer, self.metrics, on_finished=self._finished,
-                                still_ours=lambda tp: tp in self.assigned)
+                                still_ours=lambda tp: tp in self.assigned, transactional=cfg.exactly_once)
                 try:
                     consumer = self._new_consumer()
                 except ClientError:
                     outbox.close(0)
                     raise
         self.outbox = outbox
-        self.checkpoint = Checkpoint(consumer, cfg.lookback_records, self.metrics)
+        self.checkpoint = Checkpoint(consumer, cfg.lookback_records, self.metrics, exact=cfg.exactly_once)
         self.pressure = BackPressure(self.batches, consumer, self.metrics)
-        consumer.subscribe([cfg.input_topic], Rebalance(self.checkpoint, self.pressure, self.join, self.clock,
-                                                        drain=self._drain, changed=self._update_gauges))
+        routing = Routing(consumer, cfg.input_topic, enabled=cfg.partition_check == "murmur2")
+        if cfg.exactly_once:
+            self.transactions = Transactions(consumer, outbox, self.checkpoint, self.metrics,
+                                             pending_offsets=self.join.pending_offsets, evict=self._evict,
+                                             drain=self._drain_pipeline, forget=self._forget)
+            self.transactions.begin()
+        consumer.subscribe([cfg.input_topic], Rebalance(
+            self.checkpoint, self.pressure, self.join, self.clock, routing, drain=self._drain, commit=self._commit,
+            abort=None if self.transactions is None else self.transactions.abort, changed=self._update_gauges))
         self.intake = Intake(cfg, join=self.join, clock=self.clock, batcher=self.batcher, checkpoint=self.checkpoint,
                              pressure=self.pressure, outbox=outbox, models=self.models, metrics=self.metrics,
-                             mirror=_same_partitions(consumer, cfg.input_topic, cfg.output_topic))
+                             routing=routing, mirror=_same_partitions(consumer, cfg.input_topic, cfg.output_topic))
         self.consumer, self.connected = consumer, True
         log.info("connected to %s; group %r on %r -> %r (dead letters %r)", cfg.kafka.bootstrap_servers,
                  cfg.group_id, cfg.input_topic, cfg.output_topic, cfg.dlq_topic)
@@ -274,6 +294,26 @@ class Matcher:
 
     def _finished(self, offsets) -> None:
         self.checkpoint.finish(offsets)
+
+    def _commit(self) -> None:
+        if self.transactions is not None:
+            self.transactions.commit()
+        else:
+            self.checkpoint.commit()
+
+    def _evict(self, tp: Partition, count: int) -> None:
+        """Exactly once: the oldest pending halves of ``tp`` declared unpaired early (consumer/transactions.py)."""
+        for half in self.join.evict(tp, count):
+            self.intake.unpaired(half)
+
+    def _forget(self, partitions: set[Partition]) -> None:
+        """Exactly once, after an abort: the join state of ``partitions`` (read again)."""
+        self.join.revoke(partitions)
+        self.clock.forget(partitions)
+
+    def _drain_pipeline(self) -> None:
+        """Score everything joined so far and hand it to the outbox (no waiting for the broker)."""
+        self.pressure.drain(self.batcher.drain(time.monotonic()))
 
     def _drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Score everything joined so far, publish it and collect the acknowledgements, waiting
@@ -308,7 +348,7 @@ class Matcher:
         try:
             # (Half the budget for the drain; committing and leaving the group need the rest.)
             self._drain(self.config.shutdown_timeout_s / 2)
-            self.checkpoint.commit()
+            self._commit()
         finally:
             self.connected = False
             self.metrics.ready.set(0)

@@ -68,6 +68,10 @@ class MatcherMetrics:
             "digitmatch_consumer_lag", "High-water mark minus position", ["partition"], registry=r
         )
         self.commits = Counter("digitmatch_commits_total", "Offset commits", ["result"], registry=r)
+        self.transactions = Counter("digitmatch_transactions_total", "Kafka transactions ended (exactly once)",
+                                    ["result"], registry=r)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result=result)
         self.kafka_errors = Counter("digitmatch_kafka_errors_total", "Kafka client errors", ["stage"], registry=r)
         self.model_info = Gauge("digitmatch_model_info", "Model being served (value 1)", ["name", "version"], registry=r)
         self.model_loads = Counter("digitmatch_model_loads_total", "Model (re)loads", ["result"], registry=r)

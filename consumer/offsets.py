@@ -152,6 +152,18 @@ class OffsetTracker:
         state = self._parts.get(partition)
         return None if state is None else state.commit_point()
 
+    def progress(self, partition: Hashable) -> tuple[int, int, list[int]] | None:
+        """``(commit point, one past the last offset tracked, the unfinished offsets from the commit
+        point on, ascending)``; None before anything was tracked (consumer/commit_metadata.py)."""
+        state = self._parts.get(partition)
+        if state is None:
+            return None
+        point = state.commit_point()
+        if point is None:
+            return None
+        finished = state.finished
+        return point, state.next_offset, [o for o in state.open if o not in finished]
+
     def unfinished(self, partition: Hashable) -> int:
         state = self._parts.get(partition)
         if state is None:

@@ -19,12 +19,26 @@ Rules:
 * Failures are logged once per ``log_interval_s`` at most (an outage fails hundreds a second);
   ``digitmatch_kafka_errors_total{stage="produce"}`` counts every one.
 
+Exactly once (``transactional``, consumer/transactions.py), records go into the producer's open
+transaction, and:
+
+* a failed delivery is not sent again: the transaction is *doomed* (:attr:`Outbox.doomed`) and
+  must be aborted, after which the input is read again from the committed positions and decided
+  again. A dead letter refused as too large is then sent in its smallest form at once;
+* :attr:`Outbox.gate` is held by the commit of a transaction: a record sent meanwhile (the
+  inference thread) waits for the next transaction, so that everything in a committed transaction
+  was acknowledged, and finished its input, before the offsets were computed;
+* after an abort, :meth:`restart` forgets what was in flight: reports for records of the aborted
+  transaction (delivered or not) finish nothing;
+* the producer is never replaced (a producer that cannot go on ends the matcher: consumer/transactions.py).
+
 The clock is passed in (``clock``), so the retry and replacement rules are tested without waiting.
 """
 
 from __future__ import annotations
 
 import logging
+import contextlib
 import queue
 import threading
 import time
@@ -52,13 +66,21 @@ class Outgoing:
     label: str  # verdict outcome or dead-letter reason
     correct: bool | None = None
     attempts: int = 0
+    epoch: int = 0  # the outbox's epoch when sent (exactly once: the transaction's)
 
 
 class Outbox:
     def __init__(self, new_producer: Callable[[], Producer], metrics: MatcherMetrics, *,
                  on_finished: Callable[[Offsets], None], still_ours: Callable[[Partition], bool],
                  retry_delay_s: float = 1.0, reset_after_failures: int = 3, reset_interval_s: float = 5.0,
-                 log_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+                 log_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 transactional: bool = False):
+        self.transactional = transactional
+        self.gate = threading.Lock() if transactional else contextlib.nullcontext()
+        self.doomed: ClientError | None = None  # exactly once: a delivery of this transaction failed
+        self.produced = 0  # records sent since the last commit_marked()
+        self._epoch = 0
+        self._shrink: set[tuple[Partition, int]] = set()  # dead letters to send in their smallest form
         self._new_producer = new_producer
         self.producer = new_producer()
         self.metrics = metrics
@@ -82,10 +104,25 @@ class Outbox:
 
     def send(self, outgoing: Outgoing) -> None:
         """Any thread. The acknowledgement (or failure) is taken by :meth:`collect`."""
-        try:
-            self.producer.produce(outgoing.record, lambda error, _offset: self._reports.put((outgoing, error)))
-        except ClientError as exc:
-            self._reports.put((outgoing, exc))
+        with self.gate:
+            if self._shrink and outgoing.kind == "dead_letter" and self._shrink.intersection(outgoing.offsets):
+                self._shrink.difference_update(outgoing.offsets)
+                self._shrink_record(outgoing)
+            outgoing.epoch = self._epoch
+            self.produced += 1
+            try:
+                self.producer.produce(outgoing.record, lambda error, _offset: self._reports.put((outgoing, error)))
+            except ClientError as exc:
+                self._reports.put((outgoing, exc))
+
+    def restart(self) -> None:
+        """Exactly once, after an abort: nothing sent so far finishes anything any more."""
+        self._epoch += 1
+        self._retries.clear()
+        self.doomed = None
+        self.produced = 0
+        self._failures = 0
+        self.collect()  # takes (and ignores) what came back already
 
     def collect(self) -> None:
         """Poll thread: take the delivery reports, finish what was acknowledged, send again what
@@ -98,6 +135,8 @@ class Outbox:
                 outgoing, error = self._reports.get_nowait()
             except queue.Empty:
                 break
+            if outgoing.epoch != self._epoch:
+                continue  # of an aborted transaction: its input is read again
             if error is None:
                 self._failures = 0
                 self._on_finished(outgoing.offsets)
@@ -121,7 +160,7 @@ class Outbox:
         now = self._clock()
         while self._retries and self._retries[0][0] <= now:
             self.send(self._retries.popleft()[1])
-        if self._failures >= self.reset_after_failures and now >= self._next_reset:
+        if not self.transactional and self._failures >= self.reset_after_failures and now >= self._next_reset:
             self._reset_producer(now)
 
     def drain(self, deadline: float) -> None:
@@ -141,10 +180,30 @@ class Outbox:
             log.warning("not every record was acknowledged in time: %s", exc)
         self.collect()
 
+    def flush(self, timeout_s: float) -> bool:
+        """Exactly once, before a commit: wait until everything sent is acknowledged (or failed),
+        and take the reports. False if some are still out after ``timeout_s``."""
+        try:
+            self.producer.flush(timeout_s)
+        except ClientError as exc:
+            log.warning("not every record of the transaction was acknowledged in time: %s", exc)
+            return False
+        finally:
+            self.collect()
+        return True
+
     def _failed(self, outgoing: Outgoing, error: ClientError) -> None:
         self.metrics.kafka_errors.labels(stage="produce").inc()
         outgoing.attempts += 1
-        if outgoing.kind == "dead_letter" and error.too_large and self._shrink(outgoing):
+        if self.transactional:
+            if outgoing.kind == "dead_letter" and error.too_large and smallest(outgoing.record) != outgoing.record:
+                self._shrink.update(outgoing.offsets)  # once the input is read again
+            if self.doomed is None:
+                log.warning("publishing a %s to %s failed inside the transaction: aborting it: %s",
+                            outgoing.kind, outgoing.record.topic, error)
+                self.doomed = error
+            return
+        if outgoing.kind == "dead_letter" and error.too_large and self._shrink_record(outgoing):
             self.send(outgoing)  # at once: the broker answered, it is not unreachable
             return
         self._failures += 1
@@ -154,8 +213,8 @@ class Outbox:
         self._log_failure(outgoing, error)
         self._retries.append((self._clock() + self.retry_delay_s, outgoing))
 
-    def _shrink(self, outgoing: Outgoing) -> bool:
-        """Send a dead letter refused as too large in its smallest form; False if it is that already."""
+    def _shrink_record(self, outgoing: Outgoing) -> bool:
+        """Make a dead letter refused as too large its smallest form; False if it is that already."""
         small = smallest(outgoing.record)
         if small == outgoing.record:
             return False

@@ -4,13 +4,17 @@ Rules (the client calls these on the poll thread, inside ``poll``: see digitmatc
 
 * **Assigned**: the partitions are tracked from where their reading starts
   (:class:`~digitmatch.consumer.checkpointing.Checkpoint`), and paused at once if the input is
-  paused for back-pressure.
+  paused for back-pressure; the input topic's partition count is read again before the next
+  partition check (:class:`~digitmatch.consumer.routing.Routing`: the assignment changes when
+  partitions are added).
 * **Revoked**: everything joined so far is scored and published and its acknowledgements collected
-  (``drain``), the commit points are committed, and the pending halves of the revoked partitions
-  are forgotten without a verdict: they are uncommitted, so their next owner reads them again.
+  (``drain``), the positions are committed (``commit``: exactly once, the transaction, the revoked
+  partitions' positions included), and the pending halves of the revoked partitions are forgotten
+  without a verdict: they are unfinished, so their next owner reads them again.
 * **Lost** (the group moved on without this member): the same, except that nothing is committed
-  (it would be refused) and the client reads the partitions again from the committed offsets if
-  it gets them back.
+  (it would be refused): exactly once, the transaction is aborted (``abort``, which reads the
+  partitions kept again from their committed positions). Whoever gets the partitions next, this
+  matcher included, reads them from their committed positions.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Callable
 from digitmatch.consumer.checkpointing import Checkpoint
 from digitmatch.consumer.join import JoinTable
 from digitmatch.consumer.pausing import BackPressure
+from digitmatch.consumer.routing import Routing
 from digitmatch.consumer.stream_time import StreamClock
 from digitmatch.kafka.client import Partition
 
@@ -28,18 +33,23 @@ log = logging.getLogger(__name__)
 
 
 class Rebalance:
-    def __init__(self, checkpoint: Checkpoint, pressure: BackPressure, join: JoinTable, clock: StreamClock, *,
-                 drain: Callable[[], None], changed: Callable[[], None]):
+    def __init__(self, checkpoint: Checkpoint, pressure: BackPressure, join: JoinTable, clock: StreamClock,
+                 routing: Routing, *, drain: Callable[[], None], commit: Callable[[], None],
+                 abort: Callable[[str], None] | None = None, changed: Callable[[], None]):
         self.checkpoint = checkpoint
+        self._commit = commit
+        self._abort = abort
         self.pressure = pressure
         self.join = join
         self.clock = clock
+        self.routing = routing
         self._drain = drain
         self._changed = changed
 
     def on_assigned(self, partitions: set[Partition]) -> None:
         self.checkpoint.assign(partitions)
         self.pressure.assigned(partitions)
+        self.routing.assigned()
         log.info("partitions assigned: %s", sorted(tp.partition for tp in self.checkpoint.assigned))
         self._changed()
 
@@ -56,7 +66,9 @@ class Rebalance:
                  sorted(tp.partition for tp in partitions), "" if lost else " and committing")
         self._drain()
         if not lost:
-            self.checkpoint.commit()
+            self._commit()
+        elif self._abort is not None:
+            self._abort("partitions lost")
         self.checkpoint.revoke(partitions, lost)
         dropped = self.join.revoke(partitions)
         self.clock.forget(partitions)

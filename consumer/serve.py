@@ -4,7 +4,9 @@ SIGTERM or SIGINT starts a graceful shutdown (drain, flush, commit, leave the gr
 runs on a thread of its own, so that the main thread stays free to handle the signals and to end a
 shutdown that a frozen broker holds up (a commit or a group leave that never returns): after
 ``--shutdown-timeout-s`` the process exits with status 3; what was not committed is read again on
-restart. Bad options, a bad ``--model`` or a taken metrics port: one line, status 2.
+restart. Bad options, a bad ``--model``, a taken metrics port or, exactly once, a broker that cannot
+do transactions: one line, status 2. Exactly once, a producer that cannot go on (fenced): one log
+line, status 1 (consumer/transactions.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from digitmatch.consumer.matcher import Matcher
     from digitmatch.kafka.configuration import quiet_client_logs
-    from digitmatch.kafka.exceptions import InvalidConfiguration
+    from digitmatch.kafka.exceptions import InvalidConfiguration, TransactionsUnavailable
     from digitmatch.model.serving import ModelError
     from digitmatch.settings import model_problem
 
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                       "not committed is read again on restart", config.shutdown_timeout_s)
             logging.shutdown()
             os._exit(SHUTDOWN_TIMED_OUT)
-    if isinstance(matcher.error, (ModelError, OSError)):  # OSError: e.g. the metrics port is taken
+    if isinstance(matcher.error, (ModelError, OSError, TransactionsUnavailable)):  # OSError: e.g. the port is taken
         print(f"digitmatch serve: {matcher.error}", file=sys.stderr)
         return 2
     return 0 if matcher.error is None else 1

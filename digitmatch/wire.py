@@ -98,6 +98,8 @@ class Reason(str, Enum):
     # Raised by the matcher's join, not by decoding:
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     ALREADY_DECIDED = "already_decided"
+    # Raised by the matcher's routing check: read from another partition than its key hashes to.
+    MISROUTED = "misrouted"
 
 
 class InvalidMessage(ValueError):

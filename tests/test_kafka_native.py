@@ -99,9 +99,14 @@ def test_one_node_keeps_its_log_across_a_restart(tmp_path):
         # Topics are never created by a client asking for them (as docker-compose.yml's broker).
         metadata = AdminClient({"bootstrap.servers": cluster.bootstrap}).list_topics("no-such-topic", timeout=5)
         assert metadata.topics["no-such-topic"].error is not None
+        # Without its log: a new cluster behind the same address, with the topics and nothing else.
+        cluster.restart(keep_log=False)
+        assert topic_partitions(cluster.connection, ALL_TOPICS)[wire.TOPIC_DLQ] == 2
+        _produce(cluster.bootstrap, b"new")
+        assert _read(cluster.bootstrap, "other", 1) == [b"new"]
         pid = cluster.pid
     assert not _alive(pid)
-    assert (tmp_path / "kafka.log").read_text().count("Kafka Server started") == 2
+    assert (tmp_path / "kafka.log").read_text().count("Kafka Server started") == 3
 
 
 def test_three_nodes_replicate_everything_and_survive_a_killed_leader(tmp_path):

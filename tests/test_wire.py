@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,6 +21,8 @@ IMAGE = RNG.integers(0, 256, size=(28, 28), dtype=np.uint8)
 JOIN_REASONS = {Reason.CONFLICTING_DUPLICATE, Reason.ALREADY_DECIDED}
 # Given by the matcher to a record its Kafka client could not read (tests/reliability), not by decoding.
 CLIENT_REASONS = {Reason.UNREADABLE}
+# Given by the matcher's partition check (tests/consumer/test_routing.py), not by decoding.
+ROUTING_REASONS = {Reason.MISROUTED}
 
 
 def test_spoken_round_trip():
@@ -129,7 +134,14 @@ def test_crafted_record_is_rejected_with_its_reason(reason, record):
 
 
 def test_every_decoding_reason_has_a_crafted_record():
-    assert {reason for reason, _ in CRAFTED} == set(Reason) - JOIN_REASONS - CLIENT_REASONS
+    assert {reason for reason, _ in CRAFTED} == set(Reason) - JOIN_REASONS - CLIENT_REASONS - ROUTING_REASONS
+
+
+def test_the_wire_format_page_lists_every_reason():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "wire-format.md").read_text()
+    table = page.split("Reasons (`wire.Reason`", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", table, re.M)
+    assert sorted(listed) == sorted(reason.value for reason in Reason)
 
 
 @pytest.mark.parametrize(

@@ -218,9 +218,11 @@ class EmbeddedBroker:
                 log.info("broker pid %d still up %g s after %s; killing it", process.pid, self.stop_timeout_s, sig.name)
         process.wait()
 
-    def restart(self) -> "EmbeddedBroker":
+    def restart(self, *, keep_log: bool = False) -> "EmbeddedBroker":
         """Stop and start again on the same port. All records and offsets are lost (in-memory
-        storage); the topics are re-created."""
+        storage: ``keep_log=True`` is refused); the topics are re-created."""
+        if keep_log:
+            raise ValueError("the embedded broker keeps its records in memory: a restart cannot keep them")
         port = self.port
         self.stop()
         self._fixed_port, fixed = port, self._fixed_port

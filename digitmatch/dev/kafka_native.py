@@ -312,14 +312,24 @@ class KafkaCluster:
             shutil.rmtree(self._storage, ignore_errors=True)
         self._storage = None
 
-    def restart(self) -> "KafkaCluster":
-        """Stop every node and start it again on the same ports and the same log: records,
-        committed offsets and topics survive."""
+    def restart(self, *, keep_log: bool = True) -> "KafkaCluster":
+        """Stop every node and start it again on the same ports. With ``keep_log`` on the same log
+        (records, committed offsets, producer state and topics survive); without, as a new cluster
+        behind the same addresses: storage formatted again with a new cluster ID, the topics
+        created again, everything else gone."""
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(lambda node: node.stop(self.stop_timeout_s), self.nodes))
+        if not keep_log:
+            cluster_id = new_cluster_id()
+            for node in self.nodes:
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+            with ThreadPoolExecutor(len(self.nodes)) as pool:
+                list(pool.map(lambda node: self._format(node, cluster_id), self.nodes))
         for node in self.nodes:
             self._spawn(node)
         self._wait_ready()
+        if not keep_log:
+            ensure_topics(self.connection, self.topics, replication=self.replication)
         return self
 
     def kill_node(self, node_id: int) -> None:

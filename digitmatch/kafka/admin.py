@@ -96,9 +96,11 @@ def ensure_topics(
     topics: Mapping[str, int],
     replication: int = 1,
     timeout_s: float = 30.0,
+    configs: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
-    """Create each ``{name: partitions}`` topic that does not exist yet; return every topic's
-    partition count as the cluster reports it.
+    """Create each ``{name: partitions}`` topic that does not exist yet (with the topic
+    ``configs``, e.g. ``{"max.message.bytes": "8388608"}``); return every topic's partition count
+    as the cluster reports it.
 
     A topic that already exists (created earlier, or concurrently by another process) is left as
     it is; if it has fewer partitions than asked for, that is logged, not changed (adding
@@ -110,7 +112,8 @@ def ensure_topics(
         missing = {name: n for name, n in topics.items() if name not in existing}
         if missing:
             request = {
-                name: {"num_partitions": n, "replication_factor": replication} for name, n in missing.items()
+                name: {"num_partitions": n, "replication_factor": replication, "configs": dict(configs or {})}
+                for name, n in missing.items()
             }
             response = admin.create_topics(
                 request, timeout_ms=int(timeout_s * 1000), raise_errors=False, wait_for_metadata=True

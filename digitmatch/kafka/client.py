@@ -10,7 +10,15 @@ terms, and nothing of either library's API.
 * A :class:`Producer`: ``produce`` queues a record and calls ``on_delivery(None, offset)`` once the
   broker has it (at ``offset`` of its partition), or ``on_delivery(error, None)``; the callbacks
   come on a thread of the client's.
-* Errors are :class:`ClientError`; :attr:`ClientError.too_large` tells a record refused for its size.
+* A :class:`TransactionalProducer` (exactly-once, KIP-447): a :class:`Producer` whose records go
+  into the open transaction; ``send_offsets`` adds the consumer's offsets (with their metadata) to
+  it, fenced by the consumer group's generation (:meth:`Consumer.group_metadata`); ``commit`` makes
+  records and offsets visible together, ``abort`` discards both.
+* ``Consumer.committed`` reads the committed :class:`Committed` offsets with their metadata (what
+  a broker keeps of it: Apache Kafka all of it, Tansu nothing).
+* Errors are :class:`ClientError`; :attr:`ClientError.too_large` tells a record refused for its size,
+  :attr:`ClientError.abortable` a transaction that must be aborted, :attr:`ClientError.fatal` a
+  client that cannot go on.
 
 :mod:`digitmatch.kafka.librdkafka` implements it on librdkafka (``confluent-kafka``); the matcher's
 tests also run it on an in-memory fake (``tests/consumer/fake_kafka.py``).
@@ -49,13 +57,23 @@ class OutgoingRecord(NamedTuple):
     partition: int | None = None  # None: the producer's partitioner picks it from the key
 
 
+class Committed(NamedTuple):
+    """A committed position: the next offset to read, and the commit's metadata string."""
+
+    offset: int
+    metadata: str = ""
+
+
 class ClientError(Exception):
     """A Kafka client error, raised or passed to ``on_delivery``."""
 
-    def __init__(self, message: str, *, too_large: bool = False, fatal: bool = False):
+    def __init__(self, message: str, *, too_large: bool = False, fatal: bool = False, abortable: bool = False,
+                 retriable: bool = False):
         super().__init__(message)
         self.too_large = too_large  # the record is larger than the producer or the broker accepts
         self.fatal = fatal  # the client cannot go on (a fenced or fatally failed producer)
+        self.abortable = abortable  # the open transaction can only be aborted
+        self.retriable = retriable  # the same call may succeed if made again
 
 
 class Assignment(Protocol):
@@ -81,13 +99,23 @@ class Consumer(Protocol):
 
     def seek(self, partition: Partition, offset: int) -> None: ...
 
-    def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Commit ``{partition: next offset to read}``; raises :class:`ClientError`."""
+    def commit(self, offsets: Mapping[Partition, Committed]) -> None:
+        """Commit ``{partition: (next offset to read, metadata)}``; raises :class:`ClientError`."""
+
+    def committed(self, partitions: Iterable[Partition], timeout_s: float) -> dict[Partition, Committed | None]:
+        """The group's committed positions (None: nothing committed); raises :class:`ClientError`.
+        A read_committed consumer waits for transactions still holding offsets of them (KIP-447)."""
+
+    def group_metadata(self) -> object:
+        """The consumer group's current generation and member, for
+        :meth:`TransactionalProducer.send_offsets` (opaque)."""
 
     def lag(self, partition: Partition) -> int | None:
         """Records after the next one ``poll`` returns, as of the last fetch (None before one)."""
 
-    def partitions(self, topic: str) -> set[int] | None: ...
+    def partitions(self, topic: str) -> set[int] | None:
+        """The partition numbers of ``topic`` as the broker's metadata has them now (None: no such
+        topic); raises :class:`ClientError` when the metadata does not come."""
 
     def close(self) -> None: ...
 
@@ -103,3 +131,17 @@ class Producer(Protocol):
         """Wait until every queued record is delivered; :class:`ClientError` if some are not."""
 
     def close(self, timeout_s: float) -> None: ...
+
+
+class TransactionalProducer(Producer, Protocol):
+    """Records produced between ``begin`` and ``commit``/``abort`` form one transaction. Each call
+    raises :class:`ClientError` (``abortable``: abort and go on; ``fatal``: the producer is done)."""
+
+    def begin(self) -> None: ...
+
+    def send_offsets(self, offsets: Mapping[Partition, Committed], group_metadata: object, timeout_s: float) -> None:
+        ...
+
+    def commit(self, timeout_s: float) -> None: ...
+
+    def abort(self, timeout_s: float) -> None: ...

@@ -23,6 +23,9 @@ class BrokerExited(KafkaSetupError):
     """The embedded broker process exited before it became ready, or while in use."""
 
 
+class TransactionsUnavailable(KafkaSetupError):
+    """The broker cannot do transactions: ``init_transactions`` failed or timed out."""
+
 
 class InvalidConfiguration(KafkaSetupError, ValueError):
     """Connection settings that contradict each other (e.g. SASL without a mechanism)."""

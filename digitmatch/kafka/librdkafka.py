@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping
 import confluent_kafka
 
 from digitmatch.kafka.admin import reachable
-from digitmatch.kafka.client import ClientError, Partition, Record
+from digitmatch.kafka.client import ClientError, Committed, Partition, Record
 from digitmatch.kafka.configuration import CLIENT_LOGGER, KafkaConnection
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,10 @@ UNREADABLE_ERRORS = frozenset({confluent_kafka.KafkaError._BAD_COMPRESSION, conf
 
 def _error(error: Any) -> ClientError:
     """librdkafka's KafkaError (or a message) as the interface's ClientError."""
-    code = error.code() if isinstance(error, confluent_kafka.KafkaError) else None
-    fatal = isinstance(error, confluent_kafka.KafkaError) and error.fatal()
-    return ClientError(str(error), too_large=code == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, fatal=fatal)
+    if not isinstance(error, confluent_kafka.KafkaError):
+        return ClientError(str(error))
+    return ClientError(str(error), too_large=error.code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+                       fatal=error.fatal(), abortable=error.txn_requires_abort(), retriable=error.retriable())
 
 
 def _raised(exc: confluent_kafka.KafkaException) -> ClientError:
@@ -97,10 +98,17 @@ def _check_reachable(client, conn: KafkaConnection) -> None:
         raise _raised(exc) from None
 
 
-def _native(tp: Partition, offset: int | None = None) -> confluent_kafka.TopicPartition:
+def _native(tp: Partition, offset: int | None = None, metadata: str | None = None) -> confluent_kafka.TopicPartition:
     if offset is None:
         return confluent_kafka.TopicPartition(tp.topic, tp.partition)
+    if metadata:
+        return confluent_kafka.TopicPartition(tp.topic, tp.partition, offset, metadata=metadata)
     return confluent_kafka.TopicPartition(tp.topic, tp.partition, offset)
+
+
+def native_offsets(offsets: Mapping[Partition, Committed]) -> list[confluent_kafka.TopicPartition]:
+    """``{partition: Committed}`` as librdkafka's list (commits and ``send_offsets_to_transaction``)."""
+    return [_native(tp, c.offset, c.metadata) for tp, c in offsets.items()]
 
 
 class _Closed:
@@ -129,8 +137,11 @@ class LibrdkafkaConsumer:
     earliest offset of a new group."""
 
     def __init__(self, conn: KafkaConnection, group_id: str, *, session_timeout_ms: int,
-                 heartbeat_interval_ms: int, fetch_max_wait_ms: int):
+                 heartbeat_interval_ms: int, fetch_max_wait_ms: int, read_committed: bool = False):
         self._consumer = confluent_kafka.Consumer(common_config(conn) | {
+            # read_committed also makes committed() wait for transactions that still hold offsets
+            # of the partitions (KIP-447's require_stable), which exactly-once needs.
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
             "group.id": group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -344,9 +355,9 @@ class LibrdkafkaConsumer:
 
     # ---------------------------------------------------------------- offsets, metadata
 
-    def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Synchronous commit of ``{partition: next offset to read}``."""
-        partitions = [_native(tp, offset) for tp, offset in offsets.items()]
+    def commit(self, offsets: Mapping[Partition, Committed]) -> None:
+        """Synchronous commit of ``{partition: (next offset to read, metadata)}``."""
+        partitions = native_offsets(offsets)
         try:
             result = self._consumer.commit(offsets=partitions, asynchronous=False)
         except confluent_kafka.KafkaException as exc:
@@ -354,6 +365,22 @@ class LibrdkafkaConsumer:
         failed = [p for p in result or () if p.error is not None]
         if failed:
             raise _error(failed[0].error)
+
+    def committed(self, partitions: Iterable[Partition], timeout_s: float) -> dict[Partition, Committed | None]:
+        tps = list(partitions)
+        try:
+            found = self._consumer.committed([_native(tp) for tp in tps], timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _raised(exc) from None
+        out: dict[Partition, Committed | None] = {}
+        for p in found:
+            if p.error is not None:
+                raise _error(p.error)
+            out[self._tp(p.topic, p.partition)] = Committed(p.offset, p.metadata or "") if p.offset >= 0 else None
+        return out
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
 
     def highwater(self, tp: Partition) -> int | None:
         """The partition's end offset as of the last fetch response (None before one)."""
@@ -376,7 +403,10 @@ class LibrdkafkaConsumer:
         return None if high is None or position is None else max(0, high - position)
 
     def partitions(self, topic: str) -> set[int] | None:
-        metadata = self._consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+        except confluent_kafka.KafkaException as exc:  # no answer within the timeout
+            raise _raised(exc) from None
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
             return None

@@ -6,19 +6,25 @@
   and kafka-python pick for them.
 * Creating it opens a TCP connection and asks for metadata once, so a missing broker raises
   :class:`~digitmatch.kafka.client.ClientError` at once.
+* :class:`LibrdkafkaTransactionalProducer` is the exactly-once one (a ``transactional.id``):
+  creating it also runs ``init_transactions``, which fences an older producer of the same ID and
+  fails, or times out, on a broker that cannot do transactions:
+  :class:`~digitmatch.kafka.exceptions.TransactionsUnavailable`, one line for the command.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import confluent_kafka
 
-from digitmatch.kafka.client import ClientError, OnDelivery, OutgoingRecord
+from digitmatch.kafka.client import ClientError, Committed, OnDelivery, OutgoingRecord, Partition
 from digitmatch.kafka.configuration import KafkaConnection
-from digitmatch.kafka.librdkafka import PRODUCER_POLL_S, _Closed, _check_reachable, _error, _raised, common_config
+from digitmatch.kafka.exceptions import TransactionsUnavailable
+from digitmatch.kafka.librdkafka import (PRODUCER_POLL_S, _Closed, _check_reachable, _error, _raised, common_config,
+                                         native_offsets)
 
 
 class LibrdkafkaProducer:
@@ -92,3 +98,41 @@ class LibrdkafkaProducer:
             self._closed.set()
             self._poller.join()
             self._producer = _Closed()
+
+
+class LibrdkafkaTransactionalProducer(LibrdkafkaProducer):
+    """A :class:`~digitmatch.kafka.client.TransactionalProducer`: the durable producer's settings
+    plus ``transactional.id`` (idempotence comes with it) and ``transaction.timeout.ms``, after
+    which the coordinator aborts a transaction its producer left open (a SIGKILLed matcher)."""
+
+    def __init__(self, conn: KafkaConnection, transactional_id: str, *, transaction_timeout_ms: int,
+                 init_timeout_s: float = 30.0):
+        # (librdkafka refuses a socket timeout longer than the transaction timeout)
+        timeout_ms = min(conn.request_timeout_ms, transaction_timeout_ms)
+        super().__init__(conn, **{"transactional.id": transactional_id, "transaction.timeout.ms": transaction_timeout_ms,
+                                  "socket.timeout.ms": timeout_ms, "request.timeout.ms": timeout_ms})
+        try:
+            self._producer.init_transactions(init_timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            self.close(0)
+            raise TransactionsUnavailable(
+                f"the broker at {conn.bootstrap_servers} cannot do transactions (init_transactions: "
+                f"{_raised(exc)}); exactly-once needs a broker with transactions enabled") from None
+
+    def _call(self, method: str, *args) -> None:
+        try:
+            getattr(self._producer, method)(*args)
+        except confluent_kafka.KafkaException as exc:
+            raise _raised(exc) from None
+
+    def begin(self) -> None:
+        self._call("begin_transaction")
+
+    def send_offsets(self, offsets: Mapping[Partition, Committed], group_metadata: object, timeout_s: float) -> None:
+        self._call("send_offsets_to_transaction", native_offsets(offsets), group_metadata, timeout_s)
+
+    def commit(self, timeout_s: float) -> None:
+        self._call("commit_transaction", timeout_s)
+
+    def abort(self, timeout_s: float) -> None:
+        self._call("abort_transaction", timeout_s)

@@ -2,7 +2,8 @@
 
 Used by the demo, the tests and the benchmarks. Both readers assign every partition of the topic
 (no consumer group, nothing committed) and read from the earliest offset, so they see records
-produced before they started.
+produced before they started. ``read_committed``: only what committed transactions hold, as a
+downstream consumer of an exactly-once matcher must read (``--processing-guarantee exactly-once``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.exceptions import TopicSetupError
 
 
-def open_reader(conn: KafkaConnection, topic: str, timeout_s: float = 30.0) -> KafkaConsumer:
+def open_reader(conn: KafkaConnection, topic: str, timeout_s: float = 30.0,
+                read_committed: bool = False) -> KafkaConsumer:
     """A group-less consumer assigned to every partition of ``topic``, at the earliest offsets."""
-    consumer = KafkaConsumer(**conn.consumer_kwargs(group_id=None, client_id=f"{conn.client_id}-reader"))
+    consumer = KafkaConsumer(**conn.consumer_kwargs(
+        group_id=None, client_id=f"{conn.client_id}-reader",
+        isolation_level="read_committed" if read_committed else "read_uncommitted"))
     deadline = time.monotonic() + timeout_s
     partitions = consumer.partitions_for_topic(topic)
     while not partitions:
@@ -74,6 +78,7 @@ def read_verdicts(
     topic: str = wire.TOPIC_MATCHES,
     timeout_s: float = 60.0,
     stop: threading.Event | None = None,
+    read_committed: bool = False,
 ) -> VerdictRead:
     """Read ``topic`` from the earliest offset until a verdict has arrived for every expected pair
     ID (a collection), or for that many distinct pair IDs (an int), or ``timeout_s`` passed, or
@@ -82,7 +87,7 @@ def read_verdicts(
     result = VerdictRead(expected=expected if wanted is None else len(wanted))
     started = time.monotonic()
     deadline = started + timeout_s
-    consumer = open_reader(conn, topic, timeout_s)
+    consumer = open_reader(conn, topic, timeout_s, read_committed)
     try:
         while not result.complete and time.monotonic() < deadline and not (stop and stop.is_set()):
             batches = consumer.poll(timeout_ms=200, max_records=10_000)
@@ -119,11 +124,12 @@ def read_dead_letters(
     idle_s: float = 1.0,
     timeout_s: float = 30.0,
     pair_prefix: str | None = None,
+    read_committed: bool = False,
 ) -> Counter:
     """Count the dead letters on ``topic`` by ``dm-dlq-reason``: reads from the earliest offset
     until nothing new arrived for ``idle_s``. ``pair_prefix`` keeps only keys starting with it."""
     counts: Counter = Counter()
-    consumer = open_reader(conn, topic, timeout_s)
+    consumer = open_reader(conn, topic, timeout_s, read_committed)
     deadline = time.monotonic() + timeout_s
     last_new = time.monotonic()
     try:

@@ -44,11 +44,14 @@ class Topics:
     dlq: str
 
     @classmethod
-    def create(cls, conn: KafkaConnection, name: str, partitions: int = 4) -> "Topics":
-        """Fresh topics for one test, so tests sharing a broker never see each other's records."""
+    def create(cls, conn: KafkaConnection, name: str, partitions: int = 4, *,
+               input_configs: dict[str, str] | None = None) -> "Topics":
+        """Fresh topics for one test, so tests sharing a broker never see each other's records
+        (``input_configs``: topic settings of the input topic only)."""
         n = next(_counter)
         topics = cls(f"{name}-{n}.pairs.in", f"{name}-{n}.matches.out", f"{name}-{n}.pairs.dlq")
-        ensure_topics(conn, {topics.input: partitions, topics.output: partitions, topics.dlq: 1})
+        ensure_topics(conn, {topics.input: partitions}, configs=input_configs)
+        ensure_topics(conn, {topics.output: partitions, topics.dlq: 1})
         return topics
 
 
@@ -117,11 +120,13 @@ class Collected:
 
 
 class Reader:
-    """Reads a test's output and dead-letter topics from the beginning (no consumer group)."""
+    """Reads a test's output and dead-letter topics from the beginning (no consumer group);
+    ``read_committed``: as a downstream consumer of an exactly-once matcher reads them."""
 
-    def __init__(self, conn: KafkaConnection, topics: Topics):
+    def __init__(self, conn: KafkaConnection, topics: Topics, read_committed: bool = False):
         self.topics = topics
-        self.consumer = KafkaConsumer(**conn.consumer_kwargs(None))
+        self.consumer = KafkaConsumer(**conn.consumer_kwargs(
+            None, isolation_level="read_committed" if read_committed else "read_uncommitted"))
         parts = [
             TopicPartition(t, p)
             for t in (topics.output, topics.dlq)

@@ -40,6 +40,14 @@ def test_flag_beats_environment_beats_default(monkeypatch):
     assert config.kafka.bootstrap_servers == "kafka:9092"
 
 
+def test_the_partition_check_is_on_unless_turned_off(monkeypatch):
+    assert parse([]).partition_check == "murmur2"
+    assert parse(["--partition-check", "off"]).partition_check == "off"
+    assert parse([], monkeypatch, {"DIGITMATCH_PARTITION_CHECK": "off"}).partition_check == "off"
+    with pytest.raises(SystemExit):
+        parse(["--partition-check", "crc32"])
+
+
 def test_security_options_reach_the_connection(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("x")

@@ -7,11 +7,15 @@ import time
 
 import pytest
 from fake_kafka import FakeConsumer, FakeKafka, FakeProducer
+from kafka.partitioner.default import murmur2
 from matcher_harness import make_pairs, until
 
 from digitmatch import wire
 from digitmatch.consumer.config import MatcherConfig
+from digitmatch.consumer import commit_metadata
 from digitmatch.consumer.matcher import Matcher
+from digitmatch.consumer.routing import detail
+from digitmatch.consumer.transactions import TransactionFatal
 from digitmatch.kafka.client import ClientError, Partition
 from digitmatch.kafka.configuration import KafkaConnection
 
@@ -21,22 +25,25 @@ IN, OUT, DLQ = "t.pairs.in", "t.matches.out", "t.pairs.dlq"
 class Running:
     """A matcher on a FakeKafka; ``consumers`` / ``producers`` are the clients it made."""
 
-    def __init__(self, model, **overrides):
-        self.kafka = FakeKafka({IN: 2, OUT: 2, DLQ: 1})
+    def __init__(self, model, kafka: FakeKafka | None = None, **overrides):
+        self.kafka = kafka or FakeKafka({IN: 2, OUT: 2, DLQ: 1})
         self.consumers: list[FakeConsumer] = []
         self.producers: list[FakeProducer] = []
+        # The partition check is off unless a test turns it on: most tests place halves in the
+        # partition they need (send(partition=...)), whatever their key hashes to.
         settings = dict(kafka=KafkaConnection(bootstrap_servers="fake:9092"), model=model, input_topic=IN,
                         output_topic=OUT, dlq_topic=DLQ, metrics_host="127.0.0.1", metrics_port=0,
-                        commit_interval_ms=20, max_delay_ms=5, max_batch_size=8, join_ttl_s=30)
-        self.matcher = Matcher(MatcherConfig(**(settings | overrides)), new_consumer=self._consumer,
-                               new_producer=self._producer)
+                        commit_interval_ms=20, max_delay_ms=5, max_batch_size=8, join_ttl_s=30,
+                        partition_check="off")
+        self.config = MatcherConfig(**(settings | overrides))
+        self.matcher = Matcher(self.config, new_consumer=self._consumer, new_producer=self._producer)
 
     def _consumer(self):
         self.consumers.append(FakeConsumer(self.kafka))
         return self.consumers[-1]
 
     def _producer(self):
-        self.producers.append(FakeProducer(self.kafka))
+        self.producers.append(FakeProducer(self.kafka, transactional=self.config.exactly_once))
         return self.producers[-1]
 
     @property
@@ -47,9 +54,10 @@ class Running:
         for key, value, headers in records:
             self.kafka.append(IN, key, value, headers, partition, timestamp)
 
-    def verdicts(self) -> dict[str, list[wire.Verdict]]:
+    def verdicts(self, committed_only: bool = False) -> dict[str, list[wire.Verdict]]:
+        """Verdicts per pair ID; ``committed_only``: what a read_committed reader sees."""
         out: dict[str, list[wire.Verdict]] = {}
-        for r in self.kafka.records(OUT):
+        for r in self.kafka.records(OUT, committed_only):
             verdict = wire.Verdict.from_bytes(r.value)
             out.setdefault(verdict.pair_id, []).append(verdict)
         return out
@@ -251,3 +259,167 @@ def test_the_input_is_paused_while_the_model_is_behind_and_resumed_after(tiny_mo
         gate.set()
         assert until(lambda: len(run.verdicts()) == 12)
         assert until(lambda: not run.consumer.paused())
+
+
+def home(pair: "make_pairs") -> int:
+    """The partition of IN (2 partitions) a murmur2 partitioner puts the pair's halves in."""
+    return (murmur2(pair.pair_id.encode()) & 0x7FFFFFFF) % 2
+
+
+def test_a_misrouted_half_is_dead_lettered_and_its_partner_gets_the_one_verdict(tiny_model_dir):
+    """The spoken half in the other partition (a producer with another partitioner), the written
+    half where its key hashes to: one dead letter naming the fix, one ``unpaired`` verdict."""
+    pair, good = make_pairs(2, "misrouted", seed=14)
+    with Running(tiny_model_dir, partition_check="murmur2", join_ttl_s=0.3) as run:
+        run.send(pair.spoken(), partition=1 - home(pair))
+        run.send(pair.written(), good.spoken(), good.written())  # the fake's partitioner: murmur2
+        assert until(lambda: {pair.pair_id, good.pair_id} <= run.verdicts().keys(), 10)
+        assert until(lambda: run.kafka.committed == ends(run.kafka))
+        time.sleep(0.4)  # past the TTL again: a second verdict would be out by now
+        misrouted = run.matcher.metrics.dead_letters.labels(reason="misrouted")._value.get()
+    (letter,) = run.kafka.records(DLQ)
+    headers = dict(letter.headers)
+    assert headers[wire.H_DLQ_REASON] == b"misrouted"
+    assert headers[wire.H_DLQ_DETAIL] == detail(home(pair), 2, 1 - home(pair)).encode()
+    assert (letter.key, letter.value) == pair.spoken()[:2]
+    assert misrouted == 1
+    (verdict,) = run.verdicts()[pair.pair_id]
+    assert (verdict.outcome, verdict.missing_half) == ("unpaired", wire.Half.SPOKEN)
+    assert [v.outcome != "unpaired" for v in run.verdicts()[good.pair_id]] == [True]
+
+
+def test_with_the_check_off_a_misrouted_half_waits_for_a_partner_in_vain(tiny_model_dir):
+    """The behaviour before the check, still there with --partition-check off: each half of the
+    split pair gets an ``unpaired`` verdict of its own, and nothing is dead-lettered."""
+    (pair,) = make_pairs(1, "unchecked", seed=15)
+    with Running(tiny_model_dir, partition_check="off", join_ttl_s=0.3) as run:
+        run.send(pair.spoken(), partition=1 - home(pair))
+        run.send(pair.written())
+        assert until(lambda: len(run.verdicts().get(pair.pair_id, [])) == 2, 10)
+    assert sorted(v.missing_half.value for v in run.verdicts()[pair.pair_id]) == ["spoken", "written"]
+    assert run.kafka.records(DLQ) == []
+
+
+def test_a_misrouted_half_read_back_after_a_rebalance_is_not_dead_lettered_again(tiny_model_dir):
+    (pair,) = make_pairs(1, "read-back", seed=16)
+    wrong = Partition(IN, 1 - home(pair))
+    with Running(tiny_model_dir, partition_check="murmur2") as run:
+        run.send(pair.spoken(), partition=wrong.partition)
+        assert until(lambda: run.kafka.committed.get(wrong) == 1)
+        run.consumer.rebalance(revoke={wrong}, assign={wrong})  # reads offset 0 back, before the commit point
+        assert until(lambda: (wrong, 0) in run.consumer.sought and run.consumer.positions.get(wrong) == 1)
+        time.sleep(0.1)  # the record read back went through the intake
+    assert len(run.kafka.records(DLQ)) == 1
+
+
+# ---------------------------------------------------------------------- commit metadata, exactly once
+
+EXACT = {"processing_guarantee": "exactly-once"}
+
+
+def halves(pairs):
+    return [half for p in pairs for half in (p.spoken(), p.written())]
+
+
+def crash_at_next_commit(run: Running) -> None:
+    """``run`` ends as a SIGKILL would leave it: its open transaction never commits (a real
+    coordinator aborts it after its timeout), and nothing more is committed."""
+    run.producers[-1].fail_commits.append(ClientError("killed", fatal=True))
+
+
+@pytest.mark.parametrize("keeps_metadata", [True, False], ids=["kafka", "tansu"])
+def test_at_least_once_a_restart_decides_again_only_what_was_unfinished(tiny_model_dir, keeps_metadata):
+    """A half waits for its partner below decided pairs. With the commit's metadata kept, a restart
+    decides none of those pairs again; a broker that drops it (Tansu) gets them decided again (at
+    least once, as before). Either way the waiting half is joined with its partner."""
+    lone, *pairs = make_pairs(6, "restart", seed=14)
+    kafka = FakeKafka({IN: 2, OUT: 2, DLQ: 1}, keeps_metadata=keeps_metadata)
+    with Running(tiny_model_dir, kafka) as run:
+        run.send(lone.spoken(), *halves(pairs), partition=0)
+        assert until(lambda: len(run.verdicts()) == 5 and run.kafka.metadata.get(Partition(IN, 0)) is not None
+                     if keeps_metadata else len(run.verdicts()) == 5)
+    with Running(tiny_model_dir, kafka) as again:
+        again.send(lone.written(), partition=0)
+        assert until(lambda: lone.pair_id in again.verdicts())
+        time.sleep(0.1)
+    verdicts = again.verdicts()
+    assert [v.outcome for v in verdicts[lone.pair_id]] != ["unpaired"] and len(verdicts[lone.pair_id]) == 1
+    assert {len(verdicts[p.pair_id]) for p in pairs} == ({1} if keeps_metadata else {2})
+
+
+def test_exactly_once_verdicts_dead_letters_and_offsets_commit_together(tiny_model_dir):
+    pairs = make_pairs(10, "eos", seed=15)
+    with Running(tiny_model_dir, **EXACT) as run:
+        run.send(*halves(pairs))
+        run.send((b"bad id!", b"x", [("dm-half", b"spoken")]), partition=1)
+        assert until(lambda: len(run.verdicts(committed_only=True)) == 10)
+        assert until(lambda: run.kafka.committed == ends(run.kafka))
+        assert len(run.kafka.records(DLQ, committed_only=True)) == 1
+        for tp, offset in run.kafka.committed.items():
+            assert commit_metadata.decode(offset, run.kafka.metadata[tp]).unfinished == frozenset()
+        assert run.matcher.metrics.transactions.labels(result="committed")._value.get() >= 1
+    assert all(len(v) == 1 for v in run.verdicts().values())  # nothing produced twice, even uncommitted
+
+
+def test_exactly_once_a_crash_decides_nothing_twice_and_loses_no_waiting_half(tiny_model_dir):
+    lone, *pairs = make_pairs(8, "eos-crash", seed=16)
+    late = make_pairs(3, "eos-late", seed=17)
+    kafka = FakeKafka({IN: 2, OUT: 2, DLQ: 1})
+    run = Running(tiny_model_dir, kafka, **EXACT)
+    with run:
+        run.send(lone.spoken(), *halves(pairs), partition=0)
+        assert until(lambda: len(run.verdicts(committed_only=True)) == 7)
+        crash_at_next_commit(run)
+        run.send(*halves(late), partition=0)
+        assert until(lambda: not run.matcher.running())
+    assert isinstance(run.matcher.error, TransactionFatal)
+    assert len(run.verdicts()) > 7 and len(run.verdicts(committed_only=True)) == 7  # some decided, uncommitted
+    with Running(tiny_model_dir, kafka, **EXACT) as again:
+        again.send(lone.written(), partition=0)
+        assert until(lambda: lone.pair_id in again.verdicts(committed_only=True))
+        assert until(lambda: len(again.verdicts(committed_only=True)) == 11)
+    verdicts = again.verdicts(committed_only=True)
+    assert {pid: len(v) for pid, v in verdicts.items() if len(v) != 1} == {}
+    assert verdicts[lone.pair_id][0].outcome != "unpaired"
+
+
+def test_exactly_once_a_failed_delivery_aborts_and_reads_again_from_the_committed_positions(tiny_model_dir):
+    lone, *pairs = make_pairs(5, "eos-abort", seed=18)
+    with Running(tiny_model_dir, **EXACT) as run:
+        run.send(lone.spoken(), partition=0)
+        assert until(lambda: run.kafka.metadata.get(Partition(IN, 0)) is not None)
+        run.producers[-1].fail(1)
+        run.send(*halves(pairs), partition=0)
+        assert until(lambda: run.matcher.metrics.transactions.labels(result="aborted")._value.get() == 1)
+        run.send(lone.written(), partition=0)
+        assert until(lambda: len(run.verdicts(committed_only=True)) == 5)
+        time.sleep(0.1)
+        verdicts = run.verdicts(committed_only=True)
+    assert all(len(v) == 1 for v in verdicts.values()) and verdicts[lone.pair_id][0].outcome != "unpaired"
+    assert run.producers[-1].transactions_aborted == 1
+
+
+def test_exactly_once_pending_halves_beyond_the_metadata_budget_are_declared_unpaired_oldest_first(
+        tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(commit_metadata, "BUDGET", 20)  # room for about 10 unfinished records
+    lone = make_pairs(30, "eos-budget", seed=19)
+    with Running(tiny_model_dir, join_ttl_s=600, **EXACT) as run:
+        run.send(*(p.spoken() for p in lone), partition=0)
+        assert until(lambda: run.kafka.committed.get(Partition(IN, 0), 0) > 0 and run.pending() < 30)
+        assert until(lambda: len(run.kafka.metadata.get(Partition(IN, 0), "")) > 0)
+        metadata = run.kafka.metadata[Partition(IN, 0)]
+        verdicts = run.verdicts(committed_only=True)
+    assert len(metadata) <= 20
+    unpaired = sorted(int(pid.rsplit("-", 1)[1]) for pid, v in verdicts.items() if v[0].outcome == "unpaired")
+    assert unpaired == list(range(len(unpaired))) and 0 < len(unpaired) < 30  # the oldest ones
+
+
+def test_exactly_once_a_fenced_producer_ends_the_matcher(tiny_model_dir):
+    (pair,) = make_pairs(1, "eos-fenced", seed=20)
+    run = Running(tiny_model_dir, **EXACT)
+    with run:
+        run.producers[-1].fail_commits.append(ClientError("fenced by a newer producer", fatal=True))
+        run.send(*halves([pair]), partition=0)
+        assert until(lambda: not run.matcher.running())
+    assert isinstance(run.matcher.error, TransactionFatal) and "fenced" in str(run.matcher.error)
+    assert run.verdicts(committed_only=True) == {}

@@ -13,9 +13,9 @@ from pydantic import SecretStr
 
 from digitmatch.dev.broker import free_port
 from digitmatch.kafka.admin import ensure_topics
-from digitmatch.kafka.clients import new_consumer, new_producer
+from digitmatch.kafka.clients import new_consumer, new_producer, new_transactional_producer
 from digitmatch.kafka.configuration import KafkaConnection
-from digitmatch.kafka.client import ClientError, OutgoingRecord, Partition
+from digitmatch.kafka.client import ClientError, Committed, OutgoingRecord, Partition
 from digitmatch.kafka.librdkafka import LibrdkafkaConsumer, common_config
 from digitmatch.kafka.librdkafka_producer import LibrdkafkaProducer
 
@@ -122,7 +122,8 @@ def test_round_trip_with_a_group_consumer(broker):
         assert consumer.partitions(topic) == {0, 1}
         assert consumer.partitions("rdk-no-such-topic") is None
 
-        consumer.commit({tps[0]: 4, tps[1]: 10})
+        consumer.commit({tps[0]: Committed(4, "v1:meta"), tps[1]: Committed(10)})
+        assert consumer.committed(tps, 10)[tps[1]] == Committed(10, "")
         consumer.seek(tps[0], 8)
         again: list = []
         deadline = time.monotonic() + 10
@@ -240,3 +241,59 @@ def test_an_undelivered_record_reaches_the_errback(fresh_broker):
     finally:
         producer.close(5)
     assert isinstance(outcome, ClientError)  # (timed out, or the transport failed first)
+
+
+@pytest.mark.kafka_only
+def test_a_transaction_commits_records_and_offsets_with_metadata_together(broker):
+    """Apache Kafka: records of an aborted transaction stay invisible to a read_committed reader,
+    those of a committed one appear with the offsets (and their metadata) sent with it."""
+    source, sink = "rdk-tx-in", "rdk-tx-out"
+    ensure_topics(broker.connection, {source: 1, sink: 1})
+    consumer = new_consumer(broker.connection, "rdk-tx-group", read_committed=True, **GROUP_TIMING)
+    producer = new_transactional_producer(broker.connection, "rdk-tx-1", transaction_timeout_ms=10_000)
+    tp = Partition(source, 0)
+    try:
+        assigned = threading.Event()
+
+        class Listener:
+            def on_assigned(self, partitions):
+                assigned.set()
+
+            on_revoked = on_lost = lambda self, partitions: None
+
+        consumer.subscribe([source], Listener())
+        deadline = time.monotonic() + 30
+        while not assigned.is_set() and time.monotonic() < deadline:
+            consumer.poll(0.1)
+        for value, commit in ((b"aborted", False), (b"committed", True)):
+            producer.begin()
+            producer.produce(OutgoingRecord(sink, b"k", value, []), lambda error, offset: None)
+            producer.send_offsets({tp: Committed(7 if commit else 3, f"v1:{value.decode()}")},
+                                  consumer.group_metadata(), 10)
+            (producer.commit if commit else producer.abort)(10)
+        assert consumer.committed([tp], 10) == {tp: Committed(7, "v1:committed")}
+    finally:
+        consumer.close()
+        producer.close(10)
+    reader = KafkaConsumer(**broker.connection.consumer_kwargs(None, isolation_level="read_committed"))
+    try:
+        reader.assign([TopicPartition(sink, 0)])
+        seen = [r.value for batch in reader.poll(timeout_ms=5000).values() for r in batch]
+    finally:
+        reader.close()
+    assert seen == [b"committed"]
+
+
+@pytest.mark.kafka_only
+def test_a_second_producer_of_the_same_transactional_id_fences_the_first(broker):
+    first = new_transactional_producer(broker.connection, "rdk-tx-fenced", transaction_timeout_ms=10_000)
+    second = new_transactional_producer(broker.connection, "rdk-tx-fenced", transaction_timeout_ms=10_000)
+    try:
+        first.begin()
+        first.produce(OutgoingRecord("rdk-tx-out", b"k", b"zombie", []), lambda error, offset: None)
+        with pytest.raises(ClientError) as raised:
+            first.commit(10)
+        assert raised.value.fatal
+    finally:
+        first.close(1)
+        second.close(1)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 ORDER = [
-    ("Faults", ["crash_sigkill", "crash_sigkill_load", "rebalance", "rebalance_load", "broker_absent_at_start",
-                "broker_lost_mid_run", "overload_burst", "partner_never_arrives"]),
+    ("Faults", ["crash_sigkill", "crash_sigkill_load", "rebalance", "rebalance_load", "exactly_once",
+                "broker_absent_at_start", "broker_lost_mid_run", "overload_burst", "partner_never_arrives"]),
     ("Faults on a three-node cluster", ["cluster_leader_sigkill", "cluster_broker_and_matcher_kill",
                                         "cluster_restart_one", "cluster_restart_all", "cluster_broker_sigstop"]),
     ("Bad input", ["bad_input_generated", "bad_input_join_rules"]),
@@ -90,10 +90,23 @@ RULES = """\
   duplicate or late half whose pair's first half lies more than the read-back window below the
   commit point is, if it is read again after a crash, taken for a new pair and ends `unpaired`
   (see `consumer/offsets.py`).
+* **Commit metadata.** Each commit also records how far the partition was read and which records
+  before that are unfinished; whoever reads the partition next decides only those (and what comes
+  after), and only remembers the rest. Apache Kafka keeps that metadata, so at least once a crash
+  re-emits only what was finished since the last commit; Tansu drops it, and everything from the
+  commit point is decided again, as before (nothing lost either way).
+* **Exactly once** (`exactly_once`, Apache Kafka only). With `--processing-guarantee exactly-once`
+  the verdicts, dead letters and offsets (with that metadata) of a commit interval are one
+  transaction, fenced by the consumer group's generation (KIP-447); a read_committed reader must
+  see every pair's verdict once and every bad record's dead letter once, through SIGKILLs and a
+  rebalance. `verdict_records_read_uncommitted` counts what a read_uncommitted reader sees as well:
+  the outputs of the transactions the kills left open, aborted by the broker. Tansu returns aborted
+  records to read_committed readers and drops the metadata: there is no exactly-once to check on it.
 * **Rebalances.** On revocation the matcher drains and publishes what is joined, commits, and
-  drops the pending halves of the revoked partitions. A partition the same matcher gets back (the
-  eager protocol revokes everything, then assigns) is sought back to its commit point, so its
-  dropped halves are read again (`reading partitions again from (read-back start, commit point)` in the log).
+  drops the pending halves of the revoked partitions. Every partition assigned, one the same
+  matcher gets back included (the eager protocol revokes everything, then assigns), is read from
+  its committed position, so its dropped halves are read again (`reading partitions from (start,
+  committed offset, recorded end)` in the log).
 * **Bad input** never reaches the join: it is copied to `pairs.dlq` byte for byte with
   `dm-dlq-reason`, `dm-dlq-detail` and `dm-dlq-source` (cut to fit `--max-dead-letter-bytes`
   when it is too large, with headers saying so), and its offset counts as finished. A

@@ -97,7 +97,7 @@ def test_broker_lost_mid_run_is_reported_and_serving_resumes(fresh_broker, shipp
         before = make_pairs(100, "before", seed=41)
         first = send_and_collect(broker, before)
         errors_before = matcher.get("/metrics")[1]
-        broker.restart()  # every record, offset and producer ID is gone; the topics are re-created
+        broker.restart(keep_log=False)  # every record, offset and producer ID is gone; the topics are re-created
         restarted = time.monotonic()
         after = make_pairs(100, "after", seed=42)
         second = send_and_collect(broker, after, timeout_s=120)
@@ -111,9 +111,9 @@ def test_broker_lost_mid_run_is_reported_and_serving_resumes(fresh_broker, shipp
     figures(
         "broker_lost_mid_run",
         title="Broker lost mid-run (restarted without its data)",
-        injected="100 pairs decided, then the embedded broker is restarted on the same port (in-memory "
-                 "storage: records, committed offsets and producer IDs are lost, topics re-created); "
-                 "then 100 new pairs are sent",
+        injected="100 pairs decided, then the broker is restarted on the same port without its data (the "
+                 "embedded broker's in-memory storage; Apache Kafka formatted again as a new cluster): records, "
+                 "committed offsets and producer IDs are lost, topics re-created; then 100 new pairs are sent",
         pairs_before=before_result.pairs_sent,
         verdicts_before=before_result.pairs_decided,
         pairs_after=after_result.pairs_sent,

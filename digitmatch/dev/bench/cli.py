@@ -24,7 +24,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from digitmatch.settings import (MAX_MS, MAX_SECONDS, Cli, DataOption, add_model_options, build, data_problem, field_of,
                                  model_problem, path_problem, values_from_args)
@@ -107,6 +107,12 @@ def options_model() -> type:
         inter_op_threads: int = field_of(MatcherConfig, "inter_op_threads",
                                          help="TensorFlow operations run side by side, as above (0 = one per core)")
         keep_logs: bool = Field(False, description="keep the broker's and matchers' logs")
+        processing_guarantee: Literal["at-least-once", "exactly-once"] = field_of(
+            MatcherConfig, "processing_guarantee", help=(
+                "the matchers' guarantee (exactly-once: verdicts read by a read_committed reader; needs --engine kafka "
+                "to mean anything)"))
+        engine: Literal["tansu", "kafka"] = Field("tansu", description=(
+            "broker the runs use: the embedded Tansu, or Apache Kafka on the local JVM (digitmatch broker --engine)"))
 
     return BenchOptions
 
@@ -138,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with BenchSession(model=args.model, data_dir=data_dir_arg(args.data), pool_pairs=args.pool_pairs,
                       partitions=args.partitions, keep_logs=args.keep_logs,
-                      threads=(args.intra_op_threads, args.inter_op_threads)) as session:
+                      threads=(args.intra_op_threads, args.inter_op_threads), engine=args.engine,
+                      processing_guarantee=args.processing_guarantee) as session:
         results = run_plan(session, plan)
     results["seconds"] = round(time.monotonic() - started, 1)
     results["generated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

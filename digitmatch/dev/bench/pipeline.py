@@ -94,6 +94,8 @@ class PipelineBench:
         self.matchers: list[MatcherProcess] = []
         self.flags: dict = {}
         self.matcher_defaults = dict(matcher_defaults or {})  # serve's options under every start's flags
+        # exactly-once verdicts are read as downstream consumers must read them
+        self._read_committed = self.matcher_defaults.get("processing_guarantee") == "exactly-once"
         self._started = 0
         self._generation = 0
         self._topics_used = False  # a measured run or drain already wrote to the current topics
@@ -102,7 +104,7 @@ class PipelineBench:
         # at 910 pairs/s librdkafka's producer took 0.16-0.22 ms of CPU per pair, kafka-python's
         # 0.53-0.63 (docs/benchmarks.md). The matchers' client is chosen separately.
         self.producer = LibrdkafkaProducer(broker.connection)
-        self.tap = VerdictTap(broker.connection)  # replaced at every start_matchers
+        self.tap = VerdictTap(broker.connection, read_committed=self._read_committed)  # replaced at every start_matchers
 
     # ------------------------------------------------------------------ matchers
 
@@ -121,7 +123,7 @@ class PipelineBench:
         partitions = self.partitions
         ensure_topics(self.broker.connection, {self.input_topic: partitions, output_topic: partitions})
         self.tap.close()
-        self.tap = VerdictTap(self.broker.connection, output_topic)
+        self.tap = VerdictTap(self.broker.connection, output_topic, read_committed=self._read_committed)
         self._group = f"digitmatch-{name}"
         self._output_topic = output_topic
         self.add_matchers(count, ready_timeout_s)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from digitmatch.dev.bench.pipeline import PipelineBench
 from digitmatch.dev.bench.records import RecordPool
-from digitmatch.dev.broker import EmbeddedBroker
+from digitmatch.dev.broker import EmbeddedBroker, new_broker
 from digitmatch.producer.load import PairSet, build_pairs, model_features
 
 log = logging.getLogger(__name__)
@@ -19,13 +19,16 @@ log = logging.getLogger(__name__)
 
 class BenchSession:
     def __init__(self, *, model: Path, data_dir: Path | None, pool_pairs: int, partitions: int = 4,
-                 keep_logs: bool = False, threads: tuple[int, int] = (1, 0)):
+                 keep_logs: bool = False, threads: tuple[int, int] = (1, 0), engine: str = "tansu",
+                 processing_guarantee: str = "at-least-once"):
         """``threads``: TensorFlow's (intra-op, inter-op) CPU threads in this process (model alone,
         naive consumer) and in the matchers it starts, so that all of them run the model alike."""
         from digitmatch.model.serving import set_cpu_threads
 
         self.threads = set_cpu_threads(*threads)
-        self.matcher_defaults = {"intra_op_threads": threads[0], "inter_op_threads": threads[1]}
+        self.matcher_defaults = {"intra_op_threads": threads[0], "inter_op_threads": threads[1],
+                                 "processing_guarantee": processing_guarantee}
+        self.engine = engine
         self.model_path = Path(model)
         self.data_dir = data_dir
         self.pool_pairs = pool_pairs
@@ -61,7 +64,8 @@ class BenchSession:
     @property
     def broker(self) -> EmbeddedBroker:
         if self._broker is None:
-            self._broker = EmbeddedBroker(partitions=self.partitions, log_path=self.log_dir / "broker.log").start()
+            self._broker = new_broker(self.engine, partitions=self.partitions,
+                                      log_path=self.log_dir / "broker.log").start()
         return self._broker
 
     @property

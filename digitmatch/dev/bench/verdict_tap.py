@@ -32,8 +32,8 @@ class SeenVerdict:
 
 
 class VerdictTap:
-    def __init__(self, conn: KafkaConnection, topic: str = wire.TOPIC_MATCHES):
-        self.consumer = open_reader(conn, topic)
+    def __init__(self, conn: KafkaConnection, topic: str = wire.TOPIC_MATCHES, read_committed: bool = False):
+        self.consumer = open_reader(conn, topic, read_committed=read_committed)
         self.duplicates = 0
 
     def collect(self, pair_ids: list[str], timeout_s: float) -> dict[str, SeenVerdict]:
