@@ -73,13 +73,13 @@ DEFAULT_PARAMS = FeatureParams()
 
 @functools.lru_cache(maxsize=8)
 def _compiled(params: FeatureParams):
-    """The batched TensorFlow graph of ``params``, steps 4-8 of docs/features.md: signals ``(B, S)``
-    zero-padded at the end -> log-mel cepstra ``(B, max_frames, n_mfcc)``, rows past a signal's
-    frames computed on its padding (:func:`_normalise` zeroes them).
+    """The TensorFlow graph of ``params``, steps 5-8 of docs/features.md: frames ``(n, frame_length)``
+    (of any number of recordings, cut by :func:`mfcc_prepared`) -> log-mel cepstra ``(n, n_mfcc)``.
 
-    Each step works on each frame alone (the STFT and the DCT are FFTs per frame, the mel
-    projection a matrix product whose rows are frames), and measured on this project's CPUs a
-    frame's result is the same bits in a batch of any size or padding (tests/test_features.py)."""
+    Each step works on each frame alone (window, FFT, a matrix product whose rows are frames, log,
+    DCT), and measured on this project's CPUs a frame's result is the same bits however many frames
+    are computed with it (tests/test_features.py). These are ``tf.signal.stft``'s own steps, on
+    frames cut beforehand: the same numbers, without computing frames past a recording's end."""
     import tensorflow as tf
 
     fmax = params.fmax_hz if params.fmax_hz is not None else params.sample_rate / 2
@@ -91,21 +91,15 @@ def _compiled(params: FeatureParams):
         upper_edge_hertz=fmax,
     )
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)], autograph=False)
-    def compute(signals):
-        stft = tf.signal.stft(
-            signals,
-            frame_length=params.frame_length,
-            frame_step=params.frame_step,
-            fft_length=params.fft_length,
-            window_fn=tf.signal.hann_window,
-            pad_end=False,
-        )
-        power = tf.math.square(tf.math.abs(stft))
+    window = tf.signal.hann_window(params.frame_length)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, params.frame_length], tf.float32)], autograph=False)
+    def compute(frames):
+        # tf.signal.stft's own steps (frame, window, rfft) on frames cut beforehand
+        spectrum = tf.signal.rfft(frames * window, [params.fft_length])
+        power = tf.math.square(tf.math.abs(spectrum))
         log_mel = tf.math.log(tf.tensordot(power, mel_matrix, 1) + params.log_offset)
-        coeffs = tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[:, :, : params.n_mfcc]
-        # Always params.max_frames rows, whatever the batch's longest (see _normalise).
-        return tf.pad(coeffs, [[0, 0], [0, params.max_frames - tf.shape(coeffs)[1]], [0, 0]])
+        return tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[:, : params.n_mfcc]
 
     return compute
 
@@ -153,17 +147,21 @@ def prepare(audio: np.ndarray, sample_rate: int, params: FeatureParams = DEFAULT
 
 def mfcc_prepared(signals: Sequence[np.ndarray], params: FeatureParams = DEFAULT_PARAMS) -> list[np.ndarray]:
     """MFCC frames of many recordings already :func:`prepare`-d, in one call of the feature graph
-    (vectorised over the batch): one float32 ``(frames, n_mfcc)`` array per signal, each the same
-    as the recording's alone (:func:`_compiled`)."""
+    (vectorised over all their frames): one float32 ``(frames, n_mfcc)`` array per signal, each
+    the same bits as the recording's alone (:func:`_compiled`, :func:`_normalise`)."""
     if not signals:
         return []
-    lengths = [s.size for s in signals]
-    padded = np.zeros((len(signals), max(lengths)), dtype=np.float32)
-    for row, signal in enumerate(signals):
-        padded[row, : signal.size] = signal
-    frames = np.array([1 + (n - params.frame_length) // params.frame_step for n in lengths], dtype=np.int32)
-    out = _normalise(_compiled(params)(padded).numpy(), frames, params)
-    return [out[row, :count] for row, count in enumerate(frames.tolist())]
+    counts = [1 + (s.size - params.frame_length) // params.frame_step for s in signals]
+    # Only each signal's own frames are computed (no padding to the batch's longest), all together.
+    cut = np.concatenate([
+        np.lib.stride_tricks.sliding_window_view(s, params.frame_length)[:: params.frame_step][:n]
+        for s, n in zip(signals, counts)])
+    coeffs = _compiled(params)(np.ascontiguousarray(cut, dtype=np.float32)).numpy()
+    frames = np.array(counts, dtype=np.int64)
+    rows = np.zeros((len(signals), params.max_frames, params.n_mfcc), dtype=np.float32)
+    rows[np.repeat(np.arange(len(signals)), frames), np.concatenate([np.arange(n) for n in counts])] = coeffs
+    out = _normalise(rows, frames, params)
+    return [out[row, :count] for row, count in enumerate(counts)]
 
 
 def _normalise(coeffs: np.ndarray, frames: np.ndarray, params: FeatureParams) -> np.ndarray:

@@ -89,7 +89,8 @@ CANONICAL_INT = re.compile(r"0|[1-9][0-9]*")
 CANONICAL_INT_BYTES = re.compile(rb"0|[1-9][0-9]*")
 CANONICAL_SHAPE = re.compile(r"(?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*")
 # Distinct sets of dm- headers (without dm-produced-ms) whose checked layout decode_half keeps:
-# a stream repeats a few thousand (two halves x ten digits x the spoken frame counts).
+# a stream repeats a few thousand (two halves x ten digits x the spoken frame counts). A pcm16
+# half's dm-shape is its sample count, far more varied: many of those take the one-by-one check.
 LAYOUTS_CACHED = 8192
 
 

@@ -45,6 +45,7 @@ def measure(model_path=None, data_dir=None, batch_sizes=BATCH_SIZES, rates=RATES
     from digitmatch.features import mfcc_batch, pad_batch
     from digitmatch.model.serving import DEFAULT_MODEL_ROOT, ServingModel, set_cpu_threads
 
+    conditions = machine()  # the load average when the run starts
     threads = set_cpu_threads(1, 0)  # the matcher's defaults (consumer/config.py)
     model = ServingModel.load(model_path or DEFAULT_MODEL_ROOT)
     params = model.features
@@ -75,7 +76,7 @@ def measure(model_path=None, data_dir=None, batch_sizes=BATCH_SIZES, rates=RATES
     mean_samples = float(np.mean([a.size for a in audio]))
     return {"model": f"{model.name} v{model.version}", "recordings": len(audio), "source": source,
             "mean_seconds_at_8k": round(mean_samples / 8000, 3), "tensorflow_threads": threads,
-            "machine": machine(), "results": rows}
+            "machine": conditions, "results": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
