@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Prometheus (promtool + server) and docker-compose validate the deploy/ files in the tests; kcat
-# is one of the foreign clients of tests/clients/.
+# is one of the foreign clients of tests/clients/, sox converts the WAV file it sends as pcm16.
 system-deps:
 	bash .ci/system-deps
 

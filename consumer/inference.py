@@ -1,5 +1,7 @@
 """The inference thread: batches from a bounded queue, scored by the model being served
-(:class:`~digitmatch.consumer.models.ModelManager`), their verdicts handed on.
+(:class:`~digitmatch.consumer.models.ModelManager`), their verdicts handed on. A batch's inputs are
+built here, for the version that scores it (:mod:`digitmatch.consumer.model_inputs`: the features
+of ``pcm16`` spoken halves are computed with that version's parameters, off the poll loop).
 
 Rules are in :class:`InferenceWorker`'s docstring; what happens when a batch fails on a new version
 (fallback, backoff, readiness) is in :mod:`digitmatch.consumer.models`.
@@ -14,15 +16,14 @@ import threading
 import time
 from typing import Callable
 
-import numpy as np
 from tenacity import RetryCallState, Retrying, wait_exponential
 
 from digitmatch.consumer.batcher import Batch, combine
 from digitmatch.consumer.join import JoinedPair
 from digitmatch.consumer.metrics import MatcherMetrics
+from digitmatch.consumer.model_inputs import model_inputs
 from digitmatch.consumer.models import ModelManager
 from digitmatch.consumer.verdicts import pair_verdicts
-from digitmatch.features import pad_batch
 from digitmatch.model.serving import ServingModel
 from digitmatch.wire import Verdict
 
@@ -142,9 +143,9 @@ class InferenceWorker:
                     model = self.manager.current  # one version for the whole batch
                     started = time.monotonic()
                     try:
-                        mfcc = pad_batch([p.spoken.array for p in batch.items], model.max_frames)
-                        images = np.stack([p.written.array for p in batch.items])
-                        outputs = model.predict_padded(mfcc, images)
+                        # pcm16 halves get their features from this version's parameters
+                        inputs = model_inputs(batch.items, model.features)
+                        outputs = model.predict_padded(inputs.mfcc, inputs.images)
                         break
                     except Exception as exc:
                         # retried at once if another version serves now, else after the backoff
@@ -157,6 +158,8 @@ class InferenceWorker:
         if self.metrics is not None:
             m = self.metrics
             m.inference.observe(inference_s)
+            if inputs.pcm_halves:
+                m.features.observe(inputs.features_s)
             m.batch_size.observe(len(batch))
             for pair, verdict in zip(batch.items, verdicts):
                 m.queue_wait.observe(max(0.0, started - pair.joined))

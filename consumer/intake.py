@@ -97,7 +97,7 @@ class Intake:
             self.dead_letter(tp, record, Reason.MISROUTED, misrouted)
             return
         result = self.join.add(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
-                                          now, now_ms, half.digit, half.produced_ms, stream_ms))
+                                          now, now_ms, half.digit, half.produced_ms, stream_ms, half.sample_rate))
         for old in result.evicted:
             self.unpaired(old)
         if result.related_offset is not None:  # a duplicate, conflict or late half: keep it with its pair
@@ -129,7 +129,7 @@ class Intake:
         except InvalidMessage:
             return
         self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
-                                     now, now_ms, half.digit, half.produced_ms, stream_ms), rejoin)
+                                     now, now_ms, half.digit, half.produced_ms, stream_ms, half.sample_rate), rejoin)
 
     def dead_letter(self, tp: Partition, record: Record, reason: Reason, detail: str) -> None:
         log.info("dead letter %s:%d:%d: %s: %s", tp.topic, tp.partition, record.offset, reason.value, detail)

@@ -93,6 +93,7 @@ class HalfRecord:
     digit: int | None = None
     produced_ms: int | None = None
     stream_ms: float = 0.0  # the partition's stream time when it was read (consumer/stream_time.py)
+    sample_rate: int | None = None  # a pcm16 spoken half: array is its int16 samples at this rate
 
     @property
     def size(self) -> int:

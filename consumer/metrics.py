@@ -40,6 +40,8 @@ class MatcherMetrics:
         self.join_wait = latency("digitmatch_join_wait_seconds", "First half read to second half read")
         self.queue_wait = latency("digitmatch_batch_queue_wait_seconds", "Pair joined to its batch starting inference")
         self.inference = latency("digitmatch_inference_seconds", "One model call (one or more batches)")
+        self.features = latency("digitmatch_features_seconds",
+                                "MFCC features of a model call's pcm16 spoken halves, computed together")
         self.end_to_end = latency("digitmatch_end_to_end_seconds", "First half produced to verdict decided (joined pairs)")
         self.batch_size = Histogram(
             "digitmatch_batch_size", "Pairs per model call", buckets=BATCH_SIZE_BUCKETS, registry=r

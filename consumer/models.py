@@ -15,7 +15,9 @@ that version. The rules:
   ``--max-batch-size``, the largest call the worker makes) at each frame count of
   :func:`proof_frame_counts` (1, about half and ``max_frames``), rows of mixed lengths of
   non-zero MFCC frames zero-padded by ``pad_batch``, random images; every output has the
-  contract's dtype and shape, is finite, and scores and digit probabilities lie in [0, 1]. It
+  contract's dtype and shape, is finite, and scores and digit probabilities lie in [0, 1]; and one
+  batch of ``pcm16`` recordings' features computed with the version's own ``FeatureParams``
+  (:func:`proof_recordings`: its parameters must compute, and its model score them). It
   costs ~0.45 s for the shipped model on a CPU (0.25 s more than the one dummy batch it replaced),
   on the thread that loads: the watcher's for a swap.
 * A version that fails to load or the proof is logged, counted as
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from digitmatch.consumer.metrics import MatcherMetrics
-from digitmatch.features import N_MFCC, pad_batch
+from digitmatch.features import N_MFCC, FeatureParams, mfcc_batch, pad_batch
 from digitmatch.model.serving import ModelError, ServingModel, is_version_dir, versions
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,22 @@ def check_outputs(out: dict[str, np.ndarray], batch_size: int) -> str | None:
     return None
 
 
+def proof_recordings(params: FeatureParams, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """``pcm16`` recordings as the wire brings them: int16 noise at the model's own rate (one
+    shorter than a window, one about half the frame budget, one longer than it) and at 16 kHz."""
+    lengths = [params.frame_length // 2, params.max_samples() // 2, params.max_samples() + params.frame_step]
+    recordings = [(rng.integers(-3000, 3000, size=n, dtype=np.int16), params.sample_rate) for n in lengths]
+    other = 16000 if params.sample_rate != 16000 else 8000
+    recordings.append((rng.integers(-3000, 3000, size=other // 2, dtype=np.int16), other))
+    return recordings
+
+
 def prove(model: ServingModel, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> int:
     """Score one batch of each size of :func:`proof_batch_sizes` at each frame count of
-    :func:`proof_frame_counts`, checking each result (:func:`check_outputs`); raise
-    :class:`ModelError` at the first that fails. Also the warm-up: the first real batch pays no
-    tracing or allocation cost. Returns the number of batches scored."""
+    :func:`proof_frame_counts`, and one batch of :func:`proof_recordings`' features computed with
+    the model's own ``FeatureParams`` (what a batch of ``pcm16`` halves gets), checking each result
+    (:func:`check_outputs`); raise :class:`ModelError` at the first that fails. Also the warm-up:
+    the first real batch pays no tracing or allocation cost. Returns the number of batches scored."""
     rng = np.random.default_rng(PROOF_SEED)
     calls = 0
     for batch_size in proof_batch_sizes(max_batch_size):
@@ -121,6 +134,17 @@ def prove(model: ServingModel, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> 
             if problem is not None:
                 raise ModelError(f"{model.path}: on a batch of {batch_size} x {frames} frames, {problem}")
             calls += 1
+    params = model.features
+    try:
+        frames = mfcc_batch(proof_recordings(params, rng), params)
+        out = model.predict_padded(pad_batch(frames, model.max_frames),
+                                   rng.integers(0, 256, size=(len(frames), 28, 28), dtype=np.uint8))
+    except Exception as exc:
+        raise ModelError(f"{model.path}: fails on a batch of pcm16 recordings' features: {_summary(exc)}") from exc
+    problem = check_outputs(out, len(frames))
+    if problem is not None:
+        raise ModelError(f"{model.path}: on a batch of pcm16 recordings' features, {problem}")
+    calls += 1
     return calls
 
 

@@ -1,30 +1,40 @@
 """The one feature-extraction function: audio samples -> MFCC frames.
 
-Training, evaluation, the producer and the tests all call :func:`mfcc`, and a trained model stores
-the :class:`FeatureParams` it was trained with in its metadata, so the features a model sees in
-production are computed by exactly the code and settings it was trained on.
+Training, evaluation, the producer, the matcher (for ``pcm16`` spoken halves) and the tests all
+call this module, and a trained model stores the :class:`FeatureParams` it was trained with in its
+metadata, so the features a model sees in production are computed by exactly the code and
+settings it was trained on. docs/features.md is the normative description, step by step, with
+test vectors (tests/data/feature_vectors/) that an implementation in another language can check
+itself against.
 
-Design choices (see docs/model.md):
+Rules (see docs/model.md for why):
 
-* Audio at any sample rate is resampled to ``sample_rate`` (8 kHz, FSDD's rate) with soxr.
-* 25 ms Hann windows every 10 ms, 256-point FFT, 40 mel bands (20 Hz - Nyquist), log, DCT,
-  the first 13 coefficients. All of it is TensorFlow's ``tf.signal``.
+* Integer PCM is scaled to [-1, 1) by ``2**(bits-1)`` (int16: / 32768). Audio at another sample
+  rate is resampled to ``sample_rate`` (8 kHz, FSDD's rate) with soxr, quality ``HQ``.
+* 25 ms Hann windows every 10 ms, 256-point FFT, power spectrum, 40 mel bands (20 Hz - Nyquist,
+  TensorFlow's matrix), log, DCT, the first 13 coefficients: TensorFlow's ``tf.signal``.
 * Per-utterance cepstral mean and variance normalisation (CMVN): removes the speaker's and the
   microphone's constant spectral tilt, which matters most for speakers the model never heard.
 * Frame budget: a recording longer than ``max_frames`` frames (93 frames = 0.94 s, longer than 99 %
   of FSDD) keeps its first ``max_frames`` frames; the tail is dropped *before* the STFT and before
   the normalisation, so the statistics describe exactly the frames the model sees. Audio shorter
   than one window is zero-padded to one window (one frame).
+* Batches: :func:`mfcc_batch` computes many recordings in one graph call (the matcher, per batch);
+  each recording's frames are the same bits as :func:`mfcc` of it alone (the CMVN sums run in
+  NumPy over a fixed length, :func:`_normalise`), so a verdict does not depend on the batch.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 N_MFCC = 13
+CMVN_EPSILON = 1e-5  # added to each coefficient's variance before the square root
+RESAMPLE_MARGIN = 64  # input samples resampled beyond what the frame budget needs
 
 
 class FeatureError(ValueError):
@@ -63,6 +73,13 @@ DEFAULT_PARAMS = FeatureParams()
 
 @functools.lru_cache(maxsize=8)
 def _compiled(params: FeatureParams):
+    """The TensorFlow graph of ``params``, steps 5-8 of docs/features.md: frames ``(n, frame_length)``
+    (of any number of recordings, cut by :func:`mfcc_prepared`) -> log-mel cepstra ``(n, n_mfcc)``.
+
+    Each step works on each frame alone (window, FFT, a matrix product whose rows are frames, log,
+    DCT), and measured on this project's CPUs a frame's result is the same bits however many frames
+    are computed with it (tests/test_features.py). These are ``tf.signal.stft``'s own steps, on
+    frames cut beforehand: the same numbers, without computing frames past a recording's end."""
     import tensorflow as tf
 
     fmax = params.fmax_hz if params.fmax_hz is not None else params.sample_rate / 2
@@ -74,23 +91,15 @@ def _compiled(params: FeatureParams):
         upper_edge_hertz=fmax,
     )
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
-    def compute(signal):
-        stft = tf.signal.stft(
-            signal,
-            frame_length=params.frame_length,
-            frame_step=params.frame_step,
-            fft_length=params.fft_length,
-            window_fn=tf.signal.hann_window,
-            pad_end=False,
-        )
-        power = tf.math.square(tf.math.abs(stft))
+    window = tf.signal.hann_window(params.frame_length)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, params.frame_length], tf.float32)], autograph=False)
+    def compute(frames):
+        # tf.signal.stft's own steps (frame, window, rfft) on frames cut beforehand
+        spectrum = tf.signal.rfft(frames * window, [params.fft_length])
+        power = tf.math.square(tf.math.abs(spectrum))
         log_mel = tf.math.log(tf.tensordot(power, mel_matrix, 1) + params.log_offset)
-        coeffs = tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[:, : params.n_mfcc]
-        if params.normalization == "cmvn":
-            mean, variance = tf.nn.moments(coeffs, axes=[0], keepdims=True)
-            coeffs = (coeffs - mean) / tf.math.sqrt(variance + 1e-5)
-        return coeffs
+        return tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[:, : params.n_mfcc]
 
     return compute
 
@@ -105,14 +114,16 @@ def to_float_audio(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-def mfcc(
-    audio: np.ndarray, sample_rate: int, params: FeatureParams = DEFAULT_PARAMS
-) -> np.ndarray:
-    """MFCC frames of one mono recording: float32 array of shape ``(frames, params.n_mfcc)``.
+def resample_input_samples(sample_rate: int, params: FeatureParams = DEFAULT_PARAMS) -> int:
+    """How many samples at ``sample_rate`` are resampled: those the frame budget keeps, plus
+    ``RESAMPLE_MARGIN`` for the filter's edge (the rest of a longer recording is never read)."""
+    return int(np.ceil(params.max_samples() * sample_rate / params.sample_rate)) + RESAMPLE_MARGIN
 
-    ``audio`` may be integer PCM or float samples at any ``sample_rate``; it is resampled to
-    ``params.sample_rate``. ``1 <= frames <= params.max_frames`` (see the module docstring).
-    """
+
+def prepare(audio: np.ndarray, sample_rate: int, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
+    """One mono recording as the feature graph takes it: float32 in [-1, 1] at
+    ``params.sample_rate`` (soxr, quality HQ, when the rate differs), cut to ``max_samples()``, and
+    zero-padded to one window when shorter (docs/features.md, steps 1-3)."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
         raise FeatureError(f"audio must be mono (1-D), got shape {audio.shape}")
@@ -126,13 +137,63 @@ def mfcc(
     if sample_rate != params.sample_rate:
         import soxr
 
-        # Resample at most the audio the frame budget keeps (plus a little for the filter's edge).
-        keep = int(np.ceil(params.max_samples() * sample_rate / params.sample_rate)) + 64
-        signal = soxr.resample(signal[:keep], sample_rate, params.sample_rate).astype(np.float32)
+        keep = resample_input_samples(sample_rate, params)
+        signal = soxr.resample(signal[:keep], sample_rate, params.sample_rate, quality="HQ").astype(np.float32)
     signal = signal[: params.max_samples()]
     if signal.size < params.frame_length:
         signal = np.pad(signal, (0, params.frame_length - signal.size))
-    return _compiled(params)(signal).numpy()
+    return signal
+
+
+def mfcc_prepared(signals: Sequence[np.ndarray], params: FeatureParams = DEFAULT_PARAMS) -> list[np.ndarray]:
+    """MFCC frames of many recordings already :func:`prepare`-d, in one call of the feature graph
+    (vectorised over all their frames): one float32 ``(frames, n_mfcc)`` array per signal, each
+    the same bits as the recording's alone (:func:`_compiled`, :func:`_normalise`)."""
+    if not signals:
+        return []
+    counts = [1 + (s.size - params.frame_length) // params.frame_step for s in signals]
+    # Only each signal's own frames are computed (no padding to the batch's longest), all together.
+    cut = np.concatenate([
+        np.lib.stride_tricks.sliding_window_view(s, params.frame_length)[:: params.frame_step][:n]
+        for s, n in zip(signals, counts)])
+    coeffs = _compiled(params)(np.ascontiguousarray(cut, dtype=np.float32)).numpy()
+    frames = np.array(counts, dtype=np.int64)
+    rows = np.zeros((len(signals), params.max_frames, params.n_mfcc), dtype=np.float32)
+    rows[np.repeat(np.arange(len(signals)), frames), np.concatenate([np.arange(n) for n in counts])] = coeffs
+    out = _normalise(rows, frames, params)
+    return [out[row, :count] for row, count in enumerate(counts)]
+
+
+def _normalise(coeffs: np.ndarray, frames: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """CMVN of each row of ``coeffs`` ``(B, max_frames, n_mfcc)`` over its own ``frames``, zero
+    past them. In NumPy, along the innermost axis of ``(B, n_mfcc, max_frames)``: NumPy sums each
+    row of a fixed length in a fixed (pairwise) order, so a recording's statistics are the same
+    bits in any batch (TensorFlow's reductions were not: 1-2 ulp apart between batch sizes)."""
+    mask = np.arange(params.max_frames)[None, :] < frames[:, None]  # (B, max_frames)
+    rows = np.ascontiguousarray(coeffs.transpose(0, 2, 1)) * mask[:, None, :].astype(np.float32)
+    if params.normalization == "cmvn":
+        count = frames.astype(np.float32)[:, None, None]
+        mean = rows.sum(axis=2, keepdims=True) / count
+        centred = (rows - mean) * mask[:, None, :]
+        variance = np.square(centred).sum(axis=2, keepdims=True) / count
+        rows = centred / np.sqrt(variance + np.float32(CMVN_EPSILON))
+    return rows.transpose(0, 2, 1)
+
+
+def mfcc_batch(recordings: Sequence[tuple[np.ndarray, int]], params: FeatureParams = DEFAULT_PARAMS) -> list[np.ndarray]:
+    """:func:`mfcc` of each ``(audio, sample_rate)`` of ``recordings``, computed together."""
+    return mfcc_prepared([prepare(audio, rate, params) for audio, rate in recordings], params)
+
+
+def mfcc(
+    audio: np.ndarray, sample_rate: int, params: FeatureParams = DEFAULT_PARAMS
+) -> np.ndarray:
+    """MFCC frames of one mono recording: float32 array of shape ``(frames, params.n_mfcc)``.
+
+    ``audio`` may be integer PCM or float samples at any ``sample_rate``; it is resampled to
+    ``params.sample_rate``. ``1 <= frames <= params.max_frames`` (see the module docstring).
+    """
+    return mfcc_prepared([prepare(audio, sample_rate, params)], params)[0]
 
 
 def pad_batch(frames: list[np.ndarray], max_frames: int | None = None) -> np.ndarray:

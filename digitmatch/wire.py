@@ -3,10 +3,19 @@
 See docs/wire-format.md for the prose version. In short:
 
 * ``pairs.in`` carries both halves of a pair. **Key** = pair ID (UTF-8). **Value** = raw
-  little-endian array bytes (no JSON, no pickle): ``float32`` MFCC frames for the spoken half,
-  ``uint8`` pixels for the written half. **Headers** (all ``dm-`` prefixed, values ASCII) say
-  which half it is, the schema version, the array's shape and dtype, and optionally the ground
-  truth digit and the produce time.
+  little-endian array bytes (no JSON, no pickle): for the spoken half ``float32`` MFCC frames
+  (encoding ``mfcc``, the default) or the recording itself, mono ``int16`` samples (encoding
+  ``pcm16``, schema 2, with ``dm-sample-rate``), whose features the matcher computes with the served
+  model's own parameters; ``uint8`` pixels for the written half. **Headers** (all ``dm-`` prefixed,
+  values ASCII) say which half it is, the schema version, the array's shape and dtype, and
+  optionally the ground truth digit and the produce time.
+* Header values have one spelling each: numbers are canonical decimals (``0`` or a digit 1-9 then
+  digits: no sign, no leading zero, no space, no exponent), a shape is such numbers joined by
+  ``,`` alone. Anything else is rejected, never read leniently.
+* Schema versions: a half written as version 1 (MFCC and written halves: what the encoders write
+  for them, so version-1 matchers still read them) or 2 (version 1 plus ``dm-encoding`` and
+  ``dm-sample-rate``; ``pcm16`` needs it). The matcher reads both; a header of a later version in
+  an earlier version's half is ``unknown_header``. Verdicts stay version 1.
 * ``matches.out`` carries one JSON :class:`Verdict` per pair, keyed by pair ID.
 * ``pairs.dlq`` carries every message that failed validation, byte for byte, with the reason
   added as headers (:func:`dead_letter_headers`); one too large for the dead-letter topic is cut,
@@ -28,7 +37,9 @@ from typing import Literal, NamedTuple, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # verdicts, and the halves that need nothing later (MFCC, written)
+PCM_SCHEMA_VERSION = 2  # introduced dm-encoding and dm-sample-rate: pcm16 spoken halves
+SCHEMA_VERSIONS = (SCHEMA_VERSION, PCM_SCHEMA_VERSION)  # the half versions this matcher reads
 
 TOPIC_PAIRS = "pairs.in"
 TOPIC_MATCHES = "matches.out"
@@ -41,8 +52,14 @@ H_SHAPE = "dm-shape"
 H_DTYPE = "dm-dtype"
 H_DIGIT = "dm-digit"
 H_PRODUCED_MS = "dm-produced-ms"
+H_ENCODING = "dm-encoding"  # schema 2: spoken half only, "mfcc" (the default) or "pcm16"
+H_SAMPLE_RATE = "dm-sample-rate"  # schema 2: required with pcm16, and only there
 REQUIRED_HEADERS = (H_SCHEMA, H_HALF, H_SHAPE, H_DTYPE)
-KNOWN_HEADERS = frozenset(REQUIRED_HEADERS + (H_DIGIT, H_PRODUCED_MS))
+HEADERS_BY_SCHEMA = {
+    SCHEMA_VERSION: frozenset(REQUIRED_HEADERS + (H_DIGIT, H_PRODUCED_MS)),
+    PCM_SCHEMA_VERSION: frozenset(REQUIRED_HEADERS + (H_DIGIT, H_PRODUCED_MS, H_ENCODING, H_SAMPLE_RATE)),
+}
+KNOWN_HEADERS = frozenset().union(*HEADERS_BY_SCHEMA.values())  # of any version read
 # Headers added to a dead-lettered record.
 H_DLQ_REASON = "dm-dlq-reason"
 H_DLQ_DETAIL = "dm-dlq-detail"
@@ -60,9 +77,20 @@ MAX_FRAMES = 1000  # 10 s of audio at a 10 ms hop; the model's own budget is sma
 MFCC_COEFFICIENTS = 13
 IMAGE_SHAPE = (28, 28)
 MAX_HEADER_BYTES = 64  # any single dm- header value
-MAX_VALUE_BYTES = MAX_FRAMES * MFCC_COEFFICIENTS * 4
+# pcm16 spoken halves: the rates accepted (those recorders use; soxr resamples each to the model's),
+# and at most MAX_PCM_SECONDS of samples, as MAX_FRAMES is 10 s of MFCC frames.
+PCM_SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+MAX_PCM_SECONDS = 10
+MAX_MFCC_BYTES = MAX_FRAMES * MFCC_COEFFICIENTS * 4  # 52,000
+MAX_PCM_BYTES = MAX_PCM_SECONDS * max(PCM_SAMPLE_RATES) * 2  # 960,000
+MAX_VALUE_BYTES = max(MAX_MFCC_BYTES, MAX_PCM_BYTES)  # any value, checked before anything else
+# Canonical decimals: one spelling per number (no sign, leading zero, space, exponent or "_").
+CANONICAL_INT = re.compile(r"0|[1-9][0-9]*")
+CANONICAL_INT_BYTES = re.compile(rb"0|[1-9][0-9]*")
+CANONICAL_SHAPE = re.compile(r"(?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*")
 # Distinct sets of dm- headers (without dm-produced-ms) whose checked layout decode_half keeps:
-# a stream repeats a few thousand (two halves x ten digits x the spoken frame counts).
+# a stream repeats a few thousand (two halves x ten digits x the spoken frame counts). A pcm16
+# half's dm-shape is its sample count, far more varied: many of those take the one-by-one check.
 LAYOUTS_CACHED = 8192
 
 
@@ -75,7 +103,15 @@ class Half(str, Enum):
         return Half.WRITTEN if self is Half.SPOKEN else Half.SPOKEN
 
 
+class Encoding(str, Enum):
+    """What a spoken half's value holds (``dm-encoding``; schema 2)."""
+
+    MFCC = "mfcc"  # float32 (frames, 13) from features.mfcc: the default, and all of schema 1
+    PCM16 = "pcm16"  # the recording: mono int16 samples at dm-sample-rate
+
+
 DTYPES = {Half.SPOKEN: "<f4", Half.WRITTEN: "|u1"}
+PCM_DTYPE = "<i2"
 
 
 class Reason(str, Enum):
@@ -119,9 +155,18 @@ class DecodedHalf(NamedTuple):
 
     pair_id: str
     half: Half
-    array: np.ndarray  # (frames, 13) float32 for spoken, (28, 28) uint8 for written
+    # (frames, 13) float32 for an MFCC spoken half, (samples,) int16 for pcm16, (28, 28) uint8 written
+    array: np.ndarray
     digit: int | None
     produced_ms: int | None
+    sample_rate: int | None = None  # pcm16 only: the samples' rate in Hz
+
+    @property
+    def encoding(self) -> Encoding | None:
+        """The spoken half's encoding (None for a written half)."""
+        if self.half is Half.WRITTEN:
+            return None
+        return Encoding.MFCC if self.sample_rate is None else Encoding.PCM16
 
 
 # --------------------------------------------------------------------------- encoding
@@ -132,13 +177,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _headers(half: Half, shape: tuple[int, ...], digit: int | None, produced_ms: int | None):
+def _headers(half: Half, shape: tuple[int, ...], digit: int | None, produced_ms: int | None,
+             sample_rate: int | None = None):
     headers = [
-        (H_SCHEMA, str(SCHEMA_VERSION).encode()),
+        (H_SCHEMA, str(SCHEMA_VERSION if sample_rate is None else PCM_SCHEMA_VERSION).encode()),
         (H_HALF, half.value.encode()),
         (H_SHAPE, ",".join(str(d) for d in shape).encode()),
-        (H_DTYPE, DTYPES[half].encode()),
+        (H_DTYPE, (DTYPES[half] if sample_rate is None else PCM_DTYPE).encode()),
     ]
+    if sample_rate is not None:
+        headers += [(H_ENCODING, Encoding.PCM16.value.encode()), (H_SAMPLE_RATE, str(int(sample_rate)).encode())]
     if digit is not None:
         headers.append((H_DIGIT, str(int(digit)).encode()))
     if produced_ms is not None:
@@ -162,6 +210,34 @@ def encode_spoken(
         frames.tobytes(),
         _headers(Half.SPOKEN, frames.shape, digit, produced_ms),
     )
+
+
+def encode_spoken_pcm16(
+    pair_id: str, samples: np.ndarray, sample_rate: int, digit: int | None = None, produced_ms: int | None = None
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) for a spoken half carrying the recording: ``samples`` mono int16 at
+    ``sample_rate`` (one of :data:`PCM_SAMPLE_RATES`); the matcher computes its features."""
+    samples = np.asarray(samples)
+    if samples.dtype != np.int16:
+        raise InvalidMessage(Reason.BAD_DTYPE, f"pcm16 samples must be int16, got {samples.dtype}")
+    if samples.ndim != 1 or samples.size < 1:
+        raise InvalidMessage(Reason.BAD_SHAPE, f"pcm16 samples must be mono (samples,), got {samples.shape}")
+    _check_pcm(samples.shape[0], int(sample_rate))
+    samples = np.ascontiguousarray(samples, dtype=PCM_DTYPE)
+    return (
+        encode_pair_id(pair_id),
+        samples.tobytes(),
+        _headers(Half.SPOKEN, samples.shape, digit, produced_ms, sample_rate=int(sample_rate)),
+    )
+
+
+def _check_pcm(samples: int, sample_rate: int) -> None:
+    if sample_rate not in PCM_SAMPLE_RATES:
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_SAMPLE_RATE!r} must be one of "
+                             f"{', '.join(map(str, PCM_SAMPLE_RATES))} Hz, got {sample_rate}")
+    if samples > MAX_PCM_SECONDS * sample_rate:
+        raise InvalidMessage(Reason.TOO_LARGE, f"{samples} samples at {sample_rate} Hz, limit {MAX_PCM_SECONDS} s "
+                             f"({MAX_PCM_SECONDS * sample_rate} samples)")
 
 
 def encode_written(
@@ -208,7 +284,8 @@ def _header_map(headers: Headers | None) -> dict[str, str]:
         if not name.startswith("dm-"):
             continue  # tracing and other foreign headers are carried along, not interpreted
         if name not in KNOWN_HEADERS:
-            raise InvalidMessage(Reason.UNKNOWN_HEADER, f"unknown header {name[:40]!r} in schema {SCHEMA_VERSION}")
+            raise InvalidMessage(Reason.UNKNOWN_HEADER, f"unknown header {name[:40]!r} in schema "
+                                 f"{'/'.join(map(str, SCHEMA_VERSIONS))}")
         if name in found:
             raise InvalidMessage(Reason.DUPLICATE_HEADER, f"header {name!r} appears more than once")
         if raw is None or len(raw) > MAX_HEADER_BYTES:
@@ -227,8 +304,9 @@ def _int_header(found: dict[str, str], name: str) -> int | None:
     text = found.get(name)
     if text is None:
         return None
-    if not text.isdigit():
-        raise InvalidMessage(Reason.BAD_HEADER, f"header {name!r} must be a non-negative integer, got {text!r}")
+    if not CANONICAL_INT.fullmatch(text):
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {name!r} must be a canonical decimal integer (0 or "
+                             f"1-9 then digits: no sign, leading zero or space), got {text!r}")
     return int(text)
 
 
@@ -240,17 +318,24 @@ class _Meta(NamedTuple):
     dtype: str
     digit: int | None
     produced_ms: int | None
+    sample_rate: int | None  # pcm16 only
 
 
 def _parse_headers(headers: Headers | None) -> _Meta:
     found = _header_map(headers)
     schema = _int_header(found, H_SCHEMA)
-    if schema != SCHEMA_VERSION:
-        raise InvalidMessage(Reason.UNSUPPORTED_SCHEMA, f"schema version {found[H_SCHEMA]!r}, this matcher reads {SCHEMA_VERSION}")
-    try:
-        shape = tuple(int(d) for d in found[H_SHAPE].split(","))
-    except ValueError:
-        raise InvalidMessage(Reason.BAD_SHAPE, f"header {H_SHAPE!r} must be comma-separated integers, got {found[H_SHAPE]!r}") from None
+    if schema not in SCHEMA_VERSIONS:
+        raise InvalidMessage(Reason.UNSUPPORTED_SCHEMA, f"schema version {found[H_SCHEMA]!r}, this matcher reads "
+                             f"{' and '.join(map(str, SCHEMA_VERSIONS))}")
+    for name in found:
+        if name not in HEADERS_BY_SCHEMA[schema]:
+            later = min(v for v, names in HEADERS_BY_SCHEMA.items() if name in names)
+            raise InvalidMessage(Reason.UNKNOWN_HEADER, f"header {name!r} is not in schema {schema} "
+                                 f"(it came in schema {later}: send dm-schema {later})")
+    if not CANONICAL_SHAPE.fullmatch(found[H_SHAPE]):
+        raise InvalidMessage(Reason.BAD_SHAPE, f"header {H_SHAPE!r} must be canonical decimal integers joined by "
+                             f"',' alone (e.g. '61,13'), got {found[H_SHAPE]!r}")
+    shape = tuple(int(d) for d in found[H_SHAPE].split(","))
     # Checked by hand into a tuple: pydantic validation of a model per record was a measurable
     # share of the matcher's poll loop (docs/benchmarks.md); decode_half now also remembers the
     # result per header set (_layout).
@@ -261,7 +346,20 @@ def _parse_headers(headers: Headers | None) -> _Meta:
     digit = _int_header(found, H_DIGIT)
     if digit is not None and digit > 9:
         raise InvalidMessage(Reason.BAD_HEADER, f"header {H_DIGIT!r} must be a digit 0-9, got {digit}")
-    return _Meta(half, shape, found[H_DTYPE], digit, _int_header(found, H_PRODUCED_MS))
+    encoding, sample_rate = found.get(H_ENCODING), _int_header(found, H_SAMPLE_RATE)
+    if encoding is not None and half is Half.WRITTEN:
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_ENCODING!r} is for the spoken half only")
+    if encoding not in (None, Encoding.MFCC.value, Encoding.PCM16.value):
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_ENCODING!r} must be 'mfcc' or 'pcm16', got {encoding!r}")
+    if encoding == Encoding.PCM16.value:
+        if sample_rate is None:
+            raise InvalidMessage(Reason.MISSING_HEADER, f"header {H_SAMPLE_RATE!r} is required with {H_ENCODING} pcm16")
+        if sample_rate not in PCM_SAMPLE_RATES:
+            raise InvalidMessage(Reason.BAD_HEADER, f"header {H_SAMPLE_RATE!r} must be one of "
+                                 f"{', '.join(map(str, PCM_SAMPLE_RATES))} Hz, got {sample_rate}")
+    elif sample_rate is not None:
+        raise InvalidMessage(Reason.BAD_HEADER, f"header {H_SAMPLE_RATE!r} is only for {H_ENCODING} pcm16")
+    return _Meta(half, shape, found[H_DTYPE], digit, _int_header(found, H_PRODUCED_MS), sample_rate)
 
 
 def _check_spoken_array(frames: np.ndarray) -> None:
@@ -281,11 +379,14 @@ class _Layout(NamedTuple):
     dtype: str
     digit: int | None
     nbytes: int
+    sample_rate: int | None  # pcm16 only
 
 
 def _checked_layout(headers: Headers | None) -> tuple[_Layout, int | None]:
     """The headers checked one by one (the reference for every reason), with ``dm-produced-ms``."""
     meta = _parse_headers(headers)
+    if meta.sample_rate is not None:
+        return _pcm_layout(meta), meta.produced_ms
     expected_dtype = DTYPES[meta.half]
     if meta.dtype != expected_dtype:
         raise InvalidMessage(Reason.BAD_DTYPE, f"{meta.half.value} half must be {expected_dtype}, got {meta.dtype!r}")
@@ -297,8 +398,19 @@ def _checked_layout(headers: Headers | None) -> tuple[_Layout, int | None]:
     elif meta.shape != IMAGE_SHAPE:
         raise InvalidMessage(Reason.BAD_SHAPE, f"written half must be {IMAGE_SHAPE}, got {meta.shape}")
     itemsize = 4 if meta.half is Half.SPOKEN else 1
-    layout = _Layout(meta.half, meta.shape, meta.dtype, meta.digit, math.prod(meta.shape) * itemsize)
+    layout = _Layout(meta.half, meta.shape, meta.dtype, meta.digit, math.prod(meta.shape) * itemsize, None)
     return layout, meta.produced_ms
+
+
+def _pcm_layout(meta: _Meta) -> _Layout:
+    """A pcm16 spoken half's layout: ``<i2`` samples, shape ``(samples,)`` with at least one and at
+    most ``MAX_PCM_SECONDS`` at a rate of :data:`PCM_SAMPLE_RATES` (checked in _parse_headers)."""
+    if meta.dtype != PCM_DTYPE:
+        raise InvalidMessage(Reason.BAD_DTYPE, f"a pcm16 spoken half must be {PCM_DTYPE}, got {meta.dtype!r}")
+    if len(meta.shape) != 1 or meta.shape[0] < 1:
+        raise InvalidMessage(Reason.BAD_SHAPE, f"a pcm16 spoken half must be (samples,) with samples >= 1, got {meta.shape}")
+    _check_pcm(meta.shape[0], meta.sample_rate)
+    return _Layout(meta.half, meta.shape, meta.dtype, meta.digit, meta.shape[0] * 2, meta.sample_rate)
 
 
 _cached_layout = functools.lru_cache(maxsize=LAYOUTS_CACHED)(_checked_layout)
@@ -310,7 +422,7 @@ def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:
 
     Checking the headers one by one was a third of the matcher's per-record work in its poll loop
     (docs/benchmarks.md). Anything unusual (a second ``dm-produced-ms``, a value that is not
-    digits, a header set that fails) takes the one-by-one path, so every reason and message is
+    a canonical decimal, a header set that fails) takes the one-by-one path, so every reason and message is
     the same as without the cache."""
     produced: bytes | None = None
     seen_produced = False
@@ -321,7 +433,8 @@ def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:
             seen_produced, produced = True, item[1]
         elif name.startswith("dm-"):
             dm_headers.append(item)
-    if not seen_produced or (isinstance(produced, bytes) and len(produced) <= MAX_HEADER_BYTES and produced.isdigit()):
+    if not seen_produced or (isinstance(produced, bytes) and len(produced) <= MAX_HEADER_BYTES
+                             and CANONICAL_INT_BYTES.fullmatch(produced)):
         try:
             layout, duplicate_produced = _cached_layout(tuple(dm_headers))
         except (InvalidMessage, TypeError):  # TypeError: a header value that cannot be a key
@@ -342,6 +455,8 @@ def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None)
         got = 0 if value is None else len(value)
         raise InvalidMessage(Reason.SIZE_MISMATCH, f"shape {layout.shape} needs {layout.nbytes} bytes, value has {got}")
     array = np.frombuffer(value, dtype=layout.dtype).reshape(layout.shape)
+    if layout.sample_rate is not None:  # int16 samples: any value is a sample
+        return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms, layout.sample_rate)
     if layout.half is Half.SPOKEN and not np.isfinite(array).all():
         raise InvalidMessage(Reason.NON_FINITE, "MFCC frames contain NaN or infinity")
     return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms)

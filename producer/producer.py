@@ -1,7 +1,8 @@
 """Publishing the two halves of a pair to ``pairs.in``.
 
 :class:`SpokenProducer` sends a recording (audio samples, turned into MFCC frames by
-:func:`digitmatch.features.mfcc`, or frames computed beforehand); :class:`WrittenProducer` sends a
+:func:`digitmatch.features.mfcc`, or frames computed beforehand; or with :meth:`SpokenProducer.send_pcm16`
+the int16 samples themselves, whose features the matcher computes); :class:`WrittenProducer` sends a
 28x28 image. Both encode with :mod:`digitmatch.wire`, key the record by the pair ID (so both
 halves land in the same partition), stamp ``dm-produced-ms`` and return kafka-python's future.
 :class:`PairProducer` holds one durable ``KafkaProducer`` (acks=all, idempotent) shared by both.
@@ -88,6 +89,24 @@ class SpokenProducer(_HalfProducer):
         else:
             raise ValueError(f"expected 1-D audio or (frames, 13) MFCC frames, got shape {data.shape}")
         record = wire.encode_spoken(pair_id, frames, digit, wire.now_ms() if produced_ms is None else produced_ms)
+        return self._send(record)
+
+    def send_pcm16(
+        self,
+        pair_id: str,
+        samples: np.ndarray,
+        sample_rate: int,
+        *,
+        digit: int | None = None,
+        produced_ms: int | None = None,
+    ) -> FutureRecordMetadata:
+        """Send the recording itself (``dm-encoding: pcm16``): mono int16 ``samples`` at
+        ``sample_rate`` (one of ``wire.PCM_SAMPLE_RATES``, at most ``wire.MAX_PCM_SECONDS``). The
+        matcher computes the features with the served model's parameters (``features`` is unused).
+
+        Raises :class:`~digitmatch.wire.InvalidMessage` for samples the matcher would reject."""
+        record = wire.encode_spoken_pcm16(pair_id, np.asarray(samples), sample_rate, digit,
+                                          wire.now_ms() if produced_ms is None else produced_ms)
         return self._send(record)
 
 

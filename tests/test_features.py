@@ -1,9 +1,22 @@
+"""features.py: the MFCC front end, its batches, and the spec's test vectors (docs/features.md),
+which it and an independent NumPy reference (tests/feature_reference.py) must both reproduce."""
+
 from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digitmatch.features import DEFAULT_PARAMS, FeatureError, FeatureParams, mfcc, pad_batch, to_float_audio
+import feature_reference as reference
+from digitmatch.features import (DEFAULT_PARAMS, FeatureError, FeatureParams, mfcc, mfcc_batch, pad_batch,
+                                 to_float_audio)
+
+VECTORS = Path(__file__).resolve().parent / "data" / "feature_vectors"
+MANIFEST = json.loads((VECTORS / "vectors.json").read_text())
+TOLERANCE = MANIFEST["tolerance"]
 
 
 def sound(rate: int, seconds: float = 0.6) -> np.ndarray:
@@ -103,3 +116,105 @@ def test_pad_batch():
     assert capped.shape == (2, 4, 13) and np.array_equal(capped[1], b[:4])
     with pytest.raises(ValueError):
         pad_batch([])
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_a_batch_gives_each_recording_the_bits_of_it_alone():
+    """The matcher computes a batch's pcm16 halves together: each must be features.mfcc of it alone,
+    exactly, whatever else is in the batch (lengths, rates, how many)."""
+    rng = np.random.default_rng(7)
+    recordings = [(rng.integers(-9000, 9000, size=int(n), dtype=np.int16), int(rate))
+                  for n, rate in zip(rng.integers(50, 12000, size=40), rng.choice([8000, 8000, 16000, 44100], 40))]
+    alone = [mfcc(audio, rate) for audio, rate in recordings]
+    for take in (slice(0, 1), slice(0, 2), slice(3, 10), slice(0, 40), slice(39, 40)):
+        together = mfcc_batch(recordings[take])
+        assert len(together) == len(alone[take])
+        for got, want in zip(together, alone[take]):
+            assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert mfcc_batch([]) == []
+
+
+# --------------------------------------------------------------------------- the spec's vectors
+
+
+def _vector(entry):
+    pcm = np.frombuffer((VECTORS / entry["input"]).read_bytes(), dtype="<i2")
+    expected = np.frombuffer((VECTORS / entry["expected"]).read_bytes(), dtype="<f4").reshape(-1, 13)
+    assert pcm.size == entry["samples"] and expected.shape[0] == entry["frames"]
+    return pcm, entry["sample_rate"], expected
+
+
+def test_the_vectors_are_small_and_cover_what_the_spec_names():
+    entries = MANIFEST["vectors"]
+    assert sum(p.stat().st_size for p in VECTORS.iterdir()) < 200_000
+    assert {p.name for p in VECTORS.iterdir()} == {"vectors.json", "generate.py"} | {
+        e[k] for e in entries for k in ("input", "expected")}
+    rates = {e["sample_rate"] for e in entries}
+    assert {8000, 16000} <= rates
+    frames = {e["frames"] for e in entries}
+    assert 1 in frames and DEFAULT_PARAMS.max_frames in frames  # one window; the budget's cut
+    assert any(e["samples"] > DEFAULT_PARAMS.max_samples() for e in entries)
+    assert any(e["name"].startswith("fsdd-") for e in entries)
+
+
+def test_the_vectors_use_the_shipped_models_parameters():
+    from digitmatch.model.serving import DEFAULT_MODEL_ROOT, ServingModel
+
+    shipped = ServingModel.load(DEFAULT_MODEL_ROOT).features
+    assert FeatureParams(**MANIFEST["params"]) == shipped == DEFAULT_PARAMS
+    assert MANIFEST["params"] == reference.PARAMS  # the reference is written for these
+
+
+def test_the_stored_inputs_are_what_the_generator_makes():
+    spec = importlib.util.spec_from_file_location("generate_vectors", VECTORS / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    made = {**generate.inputs(), f"fsdd-{generate.FSDD_RECORDING}": generate.fsdd_excerpt()}
+    entries = {e["name"]: e for e in MANIFEST["vectors"]}
+    assert made.keys() == entries.keys()
+    for name, (rate, description, samples) in made.items():
+        assert (rate, description) == (entries[name]["sample_rate"], entries[name]["description"])
+        assert samples.astype("<i2").tobytes() == (VECTORS / entries[name]["input"]).read_bytes(), name
+    assert generate.TOLERANCE == TOLERANCE
+
+
+@pytest.mark.parametrize("entry", MANIFEST["vectors"], ids=[e["name"] for e in MANIFEST["vectors"]])
+def test_features_mfcc_reproduces_the_vector(entry):
+    pcm, rate, expected = _vector(entry)
+    got = mfcc(pcm, rate)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("entry", MANIFEST["vectors"], ids=[e["name"] for e in MANIFEST["vectors"]])
+def test_the_numpy_reference_reproduces_the_vector(entry):
+    pcm, rate, expected = _vector(entry)
+    got = reference.mfcc(pcm, rate)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= TOLERANCE / 10  # well inside what the spec allows
+
+
+def test_the_vectors_tell_a_wrong_step_apart():
+    """The tolerance is tight enough that each choice the spec pins down shows when it is changed."""
+    pcm, rate, expected = _vector(next(e for e in MANIFEST["vectors"] if e["name"].startswith("fsdd-")))
+    variants = [
+        {"log_offset": 1e-3}, {"n_mels": 39}, {"fmin_hz": 0.0}, {"fft_length": 512}, {"frame_step": 81},
+    ]
+    for change in variants:
+        other = reference.mfcc(pcm, rate, {**reference.PARAMS, **change})
+        assert other.shape != expected.shape or np.abs(other - expected).max() > 10 * TOLERANCE, change
+
+
+def test_the_reference_filterbank_and_dct_are_tensorflows():
+    """The spec's mel matrix and DCT, as the reference writes them, against TensorFlow's own."""
+    import tensorflow as tf
+
+    p = reference.PARAMS
+    tf_mel = tf.signal.linear_to_mel_weight_matrix(p["n_mels"], p["fft_length"] // 2 + 1, p["sample_rate"],
+                                                   p["fmin_hz"], p["sample_rate"] / 2).numpy()
+    assert np.abs(reference.mel_filterbank(p) - tf_mel).max() < 1e-5
+    eye = np.eye(p["n_mels"], dtype=np.float32)
+    tf_dct = tf.signal.mfccs_from_log_mel_spectrograms(eye).numpy()[:, : p["n_mfcc"]].T
+    assert np.abs(reference.dct_matrix(p) - tf_dct).max() < 1e-6

@@ -17,6 +17,7 @@ from digitmatch.wire import InvalidMessage, Reason
 RNG = np.random.default_rng(0)
 FRAMES = RNG.normal(size=(37, 13)).astype(np.float32)
 IMAGE = RNG.integers(0, 256, size=(28, 28), dtype=np.uint8)
+PCM = RNG.integers(-2000, 2000, size=4321, dtype=np.int16)
 # Raised by the matcher's join (tests/consumer), not by decoding one record.
 JOIN_REASONS = {Reason.CONFLICTING_DUPLICATE, Reason.ALREADY_DECIDED}
 # Given by the matcher to a record its Kafka client could not read (tests/reliability), not by decoding.
@@ -32,6 +33,32 @@ def test_spoken_round_trip():
     assert half.digit == 7 and half.produced_ms == 123
     np.testing.assert_array_equal(half.array, FRAMES)
     assert half.array.dtype == np.float32
+
+
+def test_pcm16_round_trip():
+    key, value, headers = wire.encode_spoken_pcm16("run-1", PCM, 16000, digit=4, produced_ms=9)
+    assert dict(headers) == {wire.H_SCHEMA: b"2", wire.H_HALF: b"spoken", wire.H_SHAPE: b"4321",
+                             wire.H_DTYPE: b"<i2", wire.H_ENCODING: b"pcm16", wire.H_SAMPLE_RATE: b"16000",
+                             wire.H_DIGIT: b"4", wire.H_PRODUCED_MS: b"9"}
+    assert value == PCM.astype("<i2").tobytes()
+    half = wire.decode_half(key, value, headers)
+    assert half.half is wire.Half.SPOKEN and half.encoding is wire.Encoding.PCM16 and half.sample_rate == 16000
+    assert half.array.dtype == np.int16 and half.array.shape == (4321,)
+    np.testing.assert_array_equal(half.array, PCM)
+    assert (half.digit, half.produced_ms) == (4, 9)
+
+
+def test_mfcc_halves_stay_schema_1_and_schema_2_reads_them_alike():
+    key, value, headers = wire.encode_spoken("p", FRAMES)
+    assert dict(headers)[wire.H_SCHEMA] == b"1" and wire.H_ENCODING not in dict(headers)
+    plain = wire.decode_half(key, value, headers)
+    assert plain.encoding is wire.Encoding.MFCC and plain.sample_rate is None
+    for extra in ([], [(wire.H_ENCODING, b"mfcc")]):
+        v2 = [(n, b"2" if n == wire.H_SCHEMA else v) for n, v in headers] + extra
+        half = wire.decode_half(key, value, v2)
+        assert half.encoding is wire.Encoding.MFCC and np.array_equal(half.array, plain.array)
+    written = [(n, b"2" if n == wire.H_SCHEMA else v) for n, v in wire.encode_written("p", IMAGE)[2]]
+    assert wire.decode_half(b"p", IMAGE.tobytes(), written).encoding is None
 
 
 def test_written_round_trip_without_optional_headers():
@@ -68,6 +95,11 @@ def _spoken(**changes):
     return _edit(key, value, headers, changes)
 
 
+def _pcm(**changes):
+    key, value, headers = wire.encode_spoken_pcm16("p1", PCM, 8000, digit=3)
+    return _edit(key, value, headers, changes)
+
+
 def _written(**changes):
     key, value, headers = wire.encode_written("p1", IMAGE, digit=3)
     return _edit(key, value, headers, changes)
@@ -99,12 +131,30 @@ CRAFTED = [
     (Reason.MISSING_HEADER, _written(headers={wire.H_HALF: None})),
     (Reason.DUPLICATE_HEADER, {**_written(), "headers": _written()["headers"] + [(wire.H_DIGIT, b"3")]}),
     (Reason.UNKNOWN_HEADER, _written(headers={"dm-colour": b"blue"})),
+    (Reason.UNKNOWN_HEADER, _spoken(headers={wire.H_ENCODING: b"mfcc"})),  # schema 1 has no dm-encoding
+    (Reason.UNKNOWN_HEADER, _pcm(headers={wire.H_SCHEMA: b"1"})),
+    (Reason.MISSING_HEADER, _pcm(headers={wire.H_SAMPLE_RATE: None})),
+    (Reason.BAD_HEADER, _pcm(headers={wire.H_SAMPLE_RATE: b"12345"})),  # not a rate accepted
+    (Reason.BAD_HEADER, _pcm(headers={wire.H_SAMPLE_RATE: b"08000"})),
+    (Reason.BAD_HEADER, _pcm(headers={wire.H_ENCODING: b"pcm24"})),
+    (Reason.BAD_HEADER, _pcm(headers={wire.H_ENCODING: b"PCM16"})),
+    (Reason.BAD_HEADER, _pcm(headers={wire.H_ENCODING: b"mfcc"})),  # a rate without pcm16
+    (Reason.BAD_HEADER, {**_written(headers={wire.H_SCHEMA: b"2"}),
+                         "headers": _written(headers={wire.H_SCHEMA: b"2"})["headers"] + [(wire.H_ENCODING, b"mfcc")]}),
+    (Reason.BAD_DTYPE, _pcm(headers={wire.H_DTYPE: b"<f4"})),
+    (Reason.BAD_DTYPE, _pcm(headers={wire.H_DTYPE: b">i2"})),
+    (Reason.BAD_SHAPE, _pcm(headers={wire.H_SHAPE: b"4321,1"})),
+    (Reason.BAD_SHAPE, _pcm(headers={wire.H_SHAPE: b"0"}, value=b"")),
+    (Reason.TOO_LARGE, _pcm(headers={wire.H_SHAPE: b"80001"}, value=bytes(160002))),  # 10 s at 8 kHz + 1
+    (Reason.SIZE_MISMATCH, _pcm(value=PCM.tobytes()[:-1])),
+    (Reason.SIZE_MISMATCH, _pcm(value=None)),
     (Reason.BAD_HEADER, _written(headers={wire.H_DIGIT: b"12"})),
     (Reason.BAD_HEADER, _written(headers={wire.H_HALF: b"sung"})),
     (Reason.BAD_HEADER, _written(headers={wire.H_PRODUCED_MS: b"-5"})),
     (Reason.BAD_HEADER, _written(headers={wire.H_DIGIT: "٣".encode()})),
     (Reason.BAD_HEADER, _written(headers={wire.H_DIGIT: b"1" * 65})),
-    (Reason.UNSUPPORTED_SCHEMA, _written(headers={wire.H_SCHEMA: b"2"})),
+    (Reason.UNSUPPORTED_SCHEMA, _written(headers={wire.H_SCHEMA: b"3"})),
+    (Reason.UNSUPPORTED_SCHEMA, _written(headers={wire.H_SCHEMA: b"0"})),
     (Reason.BAD_SHAPE, _written(headers={wire.H_SHAPE: b"28,x"})),
     (Reason.BAD_SHAPE, _written(headers={wire.H_SHAPE: b"784"})),
     (Reason.BAD_SHAPE, _spoken(headers={wire.H_SHAPE: b"37,12"})),
@@ -133,6 +183,66 @@ def test_crafted_record_is_rejected_with_its_reason(reason, record):
     }
 
 
+# One spelling per value: each of these is how a lenient parser (int(), str.isdigit) would have
+# read a valid value, and each is refused with the header's reason.
+NOT_CANONICAL = [
+    (wire.H_SCHEMA, b"01", Reason.BAD_HEADER),
+    (wire.H_SCHEMA, b"+1", Reason.BAD_HEADER),
+    (wire.H_SCHEMA, b" 1", Reason.BAD_HEADER),
+    (wire.H_SCHEMA, b"1 ", Reason.BAD_HEADER),
+    (wire.H_SCHEMA, b"1_0", Reason.BAD_HEADER),
+    (wire.H_DIGIT, b"07", Reason.BAD_HEADER),
+    (wire.H_DIGIT, b"+7", Reason.BAD_HEADER),
+    (wire.H_DIGIT, "٧".encode(), Reason.BAD_HEADER),  # Arabic-Indic seven
+    (wire.H_DIGIT, "７".encode(), Reason.BAD_HEADER),  # fullwidth seven
+    (wire.H_PRODUCED_MS, b"1e3", Reason.BAD_HEADER),
+    (wire.H_PRODUCED_MS, b"0123", Reason.BAD_HEADER),
+    (wire.H_PRODUCED_MS, b"1.0", Reason.BAD_HEADER),
+    (wire.H_SHAPE, b" 28,28", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, b"28, 28", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, b"28,28 ", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, b"028,28", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, b"+28,28", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, b"28,,28", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, b"28,28,", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, b"2_8,28", Reason.BAD_SHAPE),
+    (wire.H_SHAPE, "٢٨,28".encode(), Reason.BAD_HEADER),  # not ASCII: refused before parsing
+]
+
+
+@pytest.mark.parametrize("name, raw, reason", NOT_CANONICAL, ids=[f"{n}={r!r}" for n, r, _ in NOT_CANONICAL])
+def test_header_values_have_one_spelling(name, raw, reason):
+    record = _written(headers={name: raw})
+    with pytest.raises(InvalidMessage) as caught:
+        wire.decode_half(record["key"], record["value"], record["headers"])
+    assert caught.value.reason is reason
+    # ... also when a valid record with the same other headers was remembered first (wire._layout)
+    valid = _written()
+    wire.decode_half(valid["key"], valid["value"], valid["headers"])
+    with pytest.raises(InvalidMessage) as again:
+        wire.decode_half(record["key"], record["value"], record["headers"])
+    assert again.value.reason is reason
+
+
+def test_canonical_values_are_accepted():
+    record = _written(headers={wire.H_DIGIT: b"0", wire.H_PRODUCED_MS: b"0"})
+    half = wire.decode_half(record["key"], record["value"], record["headers"])
+    assert (half.digit, half.produced_ms) == (0, 0)
+    spoken = _pcm(headers={wire.H_SHAPE: b"1"}, value=b"\x01\x00")
+    assert wire.decode_half(spoken["key"], spoken["value"], spoken["headers"]).array.tolist() == [1]
+
+
+@pytest.mark.parametrize("rate", wire.PCM_SAMPLE_RATES)
+def test_pcm16_limits_at_each_rate(rate):
+    most = wire.MAX_PCM_SECONDS * rate
+    key, value, headers = wire.encode_spoken_pcm16("p", np.zeros(most, np.int16), rate)
+    assert wire.decode_half(key, value, headers).array.shape == (most,)
+    assert len(value) <= wire.MAX_VALUE_BYTES
+    with pytest.raises(InvalidMessage) as caught:
+        wire.encode_spoken_pcm16("p", np.zeros(most + 1, np.int16), rate)
+    assert caught.value.reason is Reason.TOO_LARGE
+
+
 def test_every_decoding_reason_has_a_crafted_record():
     assert {reason for reason, _ in CRAFTED} == set(Reason) - JOIN_REASONS - CLIENT_REASONS - ROUTING_REASONS
 
@@ -153,6 +263,10 @@ def test_the_wire_format_page_lists_every_reason():
         (lambda: wire.encode_written("p", IMAGE.astype(np.int16)), Reason.BAD_DTYPE),
         (lambda: wire.encode_written("p", IMAGE[:27]), Reason.BAD_SHAPE),
         (lambda: wire.encode_written("-starts-with-dash", IMAGE), Reason.BAD_PAIR_ID),
+        (lambda: wire.encode_spoken_pcm16("p", PCM.astype(np.int32), 8000), Reason.BAD_DTYPE),
+        (lambda: wire.encode_spoken_pcm16("p", PCM.reshape(-1, 1), 8000), Reason.BAD_SHAPE),
+        (lambda: wire.encode_spoken_pcm16("p", PCM[:0], 8000), Reason.BAD_SHAPE),
+        (lambda: wire.encode_spoken_pcm16("p", PCM, 12000), Reason.BAD_HEADER),
     ],
 )
 def test_encoders_refuse_what_the_matcher_would_reject(encode, reason):
@@ -162,8 +276,9 @@ def test_encoders_refuse_what_the_matcher_would_reject(encode, reason):
 
 
 header_names = st.sampled_from(sorted(wire.KNOWN_HEADERS) + ["dm-x", "other"]) | st.text(max_size=12)
-header_values = st.none() | st.binary(max_size=80) | st.sampled_from([b"1", b"spoken", b"written", b"28,28",
-                                                                      b"5,13", b"<f4", b"|u1", b"7"])
+header_values = st.none() | st.binary(max_size=80) | st.sampled_from([b"1", b"2", b"spoken", b"written", b"28,28",
+                                                                      b"5,13", b"<f4", b"|u1", b"7", b"pcm16",
+                                                                      b"mfcc", b"<i2", b"8000", b"600"])
 
 
 @settings(max_examples=400, deadline=None)
@@ -212,7 +327,7 @@ produced_values = (st.none() | st.integers(0, 2**53).map(lambda n: str(n).encode
 
 @settings(max_examples=300, deadline=None)
 @given(
-    half=st.sampled_from(["spoken", "written"]),
+    half=st.sampled_from(["spoken", "written", "pcm16"]),
     frames=st.integers(1, 60),
     digit=st.none() | st.integers(0, 9),
     produced=st.lists(produced_values, max_size=3),
@@ -224,6 +339,8 @@ def test_remembered_layouts_answer_like_the_header_by_header_check(half, frames,
     message must be those of checking every header, on the first record and on later ones."""
     if half == "spoken":
         _, _, headers = wire.encode_spoken("p", np.ones((frames, 13), np.float32), digit)
+    elif half == "pcm16":
+        _, _, headers = wire.encode_spoken_pcm16("p", np.ones(frames * 80, np.int16), 8000, digit)
     else:
         _, _, headers = wire.encode_written("p", IMAGE, digit)
     headers = headers + [(wire.H_PRODUCED_MS, value) for value in produced]

@@ -126,3 +126,24 @@ def test_every_mode_and_the_report(tmp_path):
     page = (docs / "benchmarks.md").read_text()
     assert "bench:results:start" in page and "### Scale-out" in page and "### Batching knobs" in page
     assert "Matcher CPU ms per pair by thread" in page
+
+
+def test_the_features_benchmark_times_each_rate_and_batch(tmp_path):
+    """``python -m digitmatch.dev.bench.features`` (docs/benchmarks.md, "pcm16 spoken halves")."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "digitmatch.dev.bench.features", "--data", str(empty),
+                           "--seconds", "0.05"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(done.stdout)
+    assert r["source"].endswith("heldout.npz") and r["recordings"] == 250
+    assert r["tensorflow_threads"]["intra_op"] == 1
+    rows = r["results"]
+    assert [(row["sample_rate"], row["batch_size"]) for row in rows] == [
+        (rate, size) for rate in (8000, 16000, 44100) for size in (1, 32, 256)]
+    for row in rows:
+        assert row["features_ms_per_batch"] > 0 and row["model_ms_per_batch"] > 0
+        assert row["features_us_per_pair"] == pytest.approx(1000 * row["features_ms_per_batch"] / row["batch_size"],
+                                                           rel=0.01, abs=0.1)
+        assert 0 < row["features_share_of_the_call"] < 1

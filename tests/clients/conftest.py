@@ -12,13 +12,17 @@
 * ``real_halves``: :class:`RealData`, real held-out halves (FSDD recordings through the shipped model's
   MFCC settings, MNIST t10k images; the full data in ``data_dir`` when present, else the shipped
   sample): the first recording and the first image of each digit, in file order;
-  ``.pair(spoken_digit, written_digit)`` is a :class:`Halves`.
+  ``.pair(spoken_digit, written_digit)`` is a :class:`Halves`, which also keeps the recording's
+  samples (``write_wav``: the recording as a 16-bit PCM WAV file, what a user would start from).
+* ``sox``: its path; skipped with the reason when it is not installed (Debian package sox, in
+  ``.ci/system-deps``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import wave
 import shutil
 import subprocess
 import sys
@@ -44,6 +48,17 @@ class Halves:
     image: np.ndarray  # (28, 28) uint8
     spoken_digit: int
     written_digit: int
+    recording: np.ndarray  # the samples the MFCC frames were computed from, int16
+    sample_rate: int
+
+    def write_wav(self, path: Path) -> Path:
+        """The recording as a mono 16-bit PCM WAV file."""
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(self.sample_rate)
+            out.writeframes(np.ascontiguousarray(self.recording, dtype="<i2").tobytes())
+        return path
 
     @property
     def frames(self) -> int:
@@ -61,6 +76,14 @@ def kcat() -> str:
     path = shutil.which("kcat")
     if path is None:
         pytest.skip("kcat is not installed (run `make system-deps`: Debian package kcat)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sox() -> str:
+    path = shutil.which("sox")
+    if path is None:
+        pytest.skip("sox is not installed (run `make system-deps`: Debian package sox)")
     return path
 
 
@@ -121,12 +144,15 @@ def java_client() -> list[str]:
 class RealData:
     """The first held-out recording (as MFCC frames) and the first held-out image of each digit."""
 
-    def __init__(self, frames: dict[int, np.ndarray], images: dict[int, np.ndarray]):
+    def __init__(self, frames: dict[int, np.ndarray], images: dict[int, np.ndarray],
+                 recordings: dict[int, tuple[np.ndarray, int]]):
         self.frames = frames
         self.images = images
+        self.recordings = recordings
 
     def pair(self, spoken_digit: int, written_digit: int) -> Halves:
-        return Halves(self.frames[spoken_digit], self.images[written_digit], spoken_digit, written_digit)
+        return Halves(self.frames[spoken_digit], self.images[written_digit], spoken_digit, written_digit,
+                      *self.recordings[spoken_digit])
 
 
 @pytest.fixture(scope="session")
@@ -137,9 +163,10 @@ def real_halves(data_dir, shipped_model) -> RealData:
 
     recordings, images, _source = load_heldout(data_dir)
     features = model_features(shipped_model)
-    frames, pictures = {}, {}
+    frames, pictures, sounds = {}, {}, {}
     for digit in range(10):
         r = int(np.flatnonzero(recordings.digits == digit)[0])
-        frames[digit] = mfcc(recordings.audio[r], int(recordings.sample_rates[r]), features)
+        sounds[digit] = (np.asarray(recordings.audio[r], np.int16), int(recordings.sample_rates[r]))
+        frames[digit] = mfcc(*sounds[digit], features)
         pictures[digit] = images.images[int(np.flatnonzero(images.labels == digit)[0])]
-    return RealData(frames, pictures)
+    return RealData(frames, pictures, sounds)

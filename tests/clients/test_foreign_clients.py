@@ -6,8 +6,11 @@ Rules:
 
 * **The kcat commands are the documentation's**: docs/clients.md's blocks marked
   ``<!-- tested: NAME -->`` are run verbatim with ``bash`` (variables ``BOOTSTRAP``, ``PAIR_ID``,
-  ``FRAMES``, ``DIGIT``, files ``spoken.bin`` / ``written.bin`` in the working directory); its Java
-  settings block must be a verbatim excerpt of ``PairClient.java``.
+  ``FRAMES``, ``DIGIT``, files ``spoken.bin`` / ``written.bin`` / ``recording.wav`` in the working
+  directory); its Java settings block must be a verbatim excerpt of ``PairClient.java``.
+* **The recording, raw**: a spoken half sent as ``pcm16`` by the documented kcat command (a WAV file
+  of the real recording, converted by sox) is decided as the same recording's MFCC frames sent by
+  ``PairProducer``: the matcher's features are those of ``features.mfcc``.
 * **The halves are real**: held-out FSDD recordings (the shipped model's MFCC settings) and MNIST
   images, their bytes written with NumPy's ``tobytes()``; what is under test is the client.
 * **A foreign pair is decided as the project's own producer's**: the reference verdicts are those
@@ -34,6 +37,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2
 
@@ -285,6 +289,28 @@ def test_kcat_pairs_are_decided_as_the_project_producers(broker, reference, real
         partition, verdict = one_verdict(found, pair_id)
         check_decided_as_reference(verdict, reference[digits], real_halves.pair(*digits))
         assert partition == murmur2_partition(pair_id, partitions)
+
+
+@on_kafka
+def test_a_recording_sent_raw_by_kcat_is_decided_as_its_mfcc_frames(broker, reference, real_halves, partitions,
+                                                                    kcat, sox, tmp_path):
+    pair_ids = {}
+    for spoken, written in one_of_each(reference):
+        [pair_id] = split_keys(f"pcm-{spoken}{written}", partitions)
+        halves = real_halves.pair(spoken, written)
+        workdir = write_halves(tmp_path / pair_id, halves)
+        halves.write_wav(workdir / "recording.wav")
+        kcat_send(broker.bootstrap, workdir, pair_id, halves, "spoken", block=doc_block("kcat-pcm16"))
+        raw = (workdir / "spoken.raw").read_bytes()
+        assert raw == np.ascontiguousarray(halves.recording, "<i2").tobytes()  # sox kept every sample
+        kcat_send(broker.bootstrap, workdir, pair_id, halves, "written")
+        pair_ids[pair_id] = (spoken, written)
+    found = kcat_verdicts(broker.bootstrap, tmp_path, list(pair_ids))
+    for pair_id, digits in pair_ids.items():
+        partition, verdict = one_verdict(found, pair_id)
+        check_decided_as_reference(verdict, reference[digits], real_halves.pair(*digits))
+        assert partition == murmur2_partition(pair_id, partitions)
+    assert MURMUR2_OPTION in doc_block("kcat-pcm16")
 
 
 @on_kafka

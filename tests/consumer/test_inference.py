@@ -265,3 +265,41 @@ def test_the_old_version_keeps_deciding_every_batch_size_after_a_fixed_batch_ver
     finally:
         worker.stop()
     assert scored == [(1, 1), (2, 1), (3, 1), (7, 1)]
+
+
+def test_pcm16_halves_get_the_features_of_the_version_that_scores_them(root, tiny_model_dir, publish_version):
+    """v2 is v1's network with other feature parameters in its metadata: a pcm16 half scored after
+    the swap has v2's features, and its verdict names v2."""
+    import json
+
+    from digitmatch.consumer.join import HalfRecord
+    from digitmatch.features import mfcc, pad_batch
+    from digitmatch.wire import Half
+
+    manager = ModelManager(root)
+    manager.load()
+    samples = RNG.integers(-6000, 6000, size=5000, dtype=np.int16)
+    pair = make_pair("pcm")
+    pair.spoken = HalfRecord(0, 1, "pcm", Half.SPOKEN, samples, b"d", 10.0, 1000, sample_rate=8000)
+    batches = queue.Queue()
+    scored = []
+    worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append((m, v[0])), max_pairs=4).start()
+    try:
+        batches.put(Batch([pair], FlushReason.DEADLINE))
+        batches.join()
+        v2 = publish_version(tiny_model_dir, root, 2)
+        meta = json.loads((v2 / "metadata.json").read_text())
+        meta["features"].update(n_mels=24, normalization="none")
+        (v2 / "metadata.json").write_text(json.dumps(meta))
+        assert manager.check_for_new_version()
+        batches.put(Batch([pair], FlushReason.DEADLINE))
+        batches.join()
+    finally:
+        worker.stop()
+    assert [verdict.model.version for _, verdict in scored] == [1, 2]
+    for model, verdict in scored:
+        features = mfcc(samples, 8000, model.features)
+        expected = model.predict_padded(pad_batch([features], model.max_frames), pair.written.array[None])
+        assert verdict.score == round(float(expected["score"][0]), 6)
+    assert scored[0][0].features != scored[1][0].features
+    assert scored[0][1].score != scored[1][1].score

@@ -1,6 +1,7 @@
 """Loading, proving, swapping and falling back between model versions (consumer/models.py)."""
 
 import gc
+import json
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ from digitmatch.consumer.models import (
 )
 from digitmatch.consumer.join import HalfRecord, JoinedPair, digest
 from digitmatch.consumer.metrics import MatcherMetrics
-from digitmatch.model.serving import ModelError
+from digitmatch.model.serving import ModelError, ServingModel
 from digitmatch.wire import Half
 
 RNG = np.random.default_rng(0)
@@ -247,9 +248,22 @@ def test_the_proof_scores_every_size_at_every_frame_count_with_non_zero_input(ti
         return real(mfcc, images)
 
     with mock.patch.object(model, "predict_padded", spy):
-        assert prove(model, max_batch_size=16) == 15
-    assert {(m[0], m[1]) for m, _, _, _ in calls} == {(b, f) for b in (1, 2, 3, 7, 16) for f in (1, 20, 40)}
+        assert prove(model, max_batch_size=16) == 16
+    # the last: the features of 4 pcm16 recordings (the longest beyond the budget: 40 frames)
+    assert {(m[0], m[1]) for m, _, _, _ in calls} == {(b, f) for b in (1, 2, 3, 7, 16) for f in (1, 20, 40)} | {(4, 40)}
+    assert calls[-1][0] == (4, 40, 13)
     assert all(i == (m[0], 28, 28) and m[2] == 13 and non_zero and pixels for m, i, non_zero, pixels in calls)
+
+
+def test_the_proof_rejects_a_version_whose_feature_parameters_do_not_compute(tiny_model_dir, tmp_path):
+    broken = tmp_path / "1"
+    shutil.copytree(tiny_model_dir, broken)
+    meta = json.loads((broken / "metadata.json").read_text())
+    meta["features"]["fmin_hz"] = 5000.0  # above Nyquist (4 kHz): no mel filterbank
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    model = ServingModel.load(broken)
+    with pytest.raises(ModelError, match="fails on a batch of pcm16 recordings' features"):
+        prove(model, max_batch_size=4)
 
 
 FAULTS = [  # (fault, declared batch, what the error says)

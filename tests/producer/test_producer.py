@@ -71,6 +71,21 @@ def test_both_halves_land_in_one_partition_keyed_by_pair_id(broker):
         np.testing.assert_allclose(spoken.array, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_a_recording_is_sent_raw_as_pcm16(broker):
+    topic = "producer-pcm.pairs.in"
+    ensure_topics(broker.connection, {topic: 2})
+    samples = RNG.integers(-9000, 9000, size=7000, dtype=np.int16)
+    with PairProducer(broker.connection, topic) as producer:
+        producer.spoken.send_pcm16("pcm-1", samples, 16000, digit=4).get(timeout=10)
+        with pytest.raises(wire.InvalidMessage) as caught:
+            producer.spoken.send_pcm16("pcm-2", samples, 12345)
+        assert caught.value.reason is wire.Reason.BAD_HEADER
+    [record] = consume(broker.connection, topic, 1)
+    half = wire.decode_half(record.key, record.value, record.headers)
+    assert (half.pair_id, half.encoding, half.sample_rate, half.digit) == ("pcm-1", wire.Encoding.PCM16, 16000, 4)
+    assert np.array_equal(half.array, samples) and half.produced_ms is not None
+
+
 def test_halves_share_a_caller_owned_producer(broker):
     topic = "producer-2.pairs.in"
     ensure_topics(broker.connection, {topic: 2})
