@@ -79,7 +79,8 @@ def options_model() -> type:
     class BenchOptions(BaseModel):
         model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
-        quick: bool = Field(False, description="model, naive and pipeline at saturation only, small sizes (< 2 min)")
+        quick: bool = Field(False, description=(
+            "model, naive, pipeline at saturation, its drain and the plain consumer's, small sizes (~2 min)"))
         json_output: Annotated[bool, Cli(flag="--json")] = Field(
             False, description="print exactly one JSON object on stdout (logs stay on stderr)")
         report: Path | None = Field(None, description=(
