@@ -282,7 +282,7 @@ class Matcher:
                                              drain=self._drain_pipeline, forget=self._forget)
             self.transactions.begin()
         consumer.subscribe([cfg.input_topic], Rebalance(
-            self.checkpoint, self.pressure, self.join, self.clock, routing, drain=self._drain, commit=self._commit,
+            self.checkpoint, self.pressure, self.join, self.clock, routing, self.metrics, drain=self._drain, commit=self._commit,
             abort=None if self.transactions is None else self.transactions.abort, changed=self._update_gauges))
         self.intake = Intake(cfg, join=self.join, clock=self.clock, batcher=self.batcher, checkpoint=self.checkpoint,
                              pressure=self.pressure, outbox=outbox, models=self.models, metrics=self.metrics,

@@ -11,7 +11,8 @@ Rules (the client calls these on the poll thread, inside ``poll``: see digitmatc
   (``drain``), the positions are committed (``commit``: exactly once, the transaction, the revoked
   partitions' positions included), and the pending halves of the revoked partitions are forgotten
   without a verdict: they are unfinished, so their next owner reads them again.
-* **Lost** (the group moved on without this member): the same, except that nothing is committed
+* **Lost** (the group moved on without this member): logged as a warning and counted in
+  ``digitmatch_kafka_errors_total{stage="consume"}``; then the same, except that nothing is committed
   (it would be refused): exactly once, the transaction is aborted (``abort``, which reads the
   partitions kept again from their committed positions). Whoever gets the partitions next, this
   matcher included, reads them from their committed positions.
@@ -24,6 +25,7 @@ from typing import Callable
 
 from digitmatch.consumer.checkpointing import Checkpoint
 from digitmatch.consumer.join import JoinTable
+from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.pausing import BackPressure
 from digitmatch.consumer.routing import Routing
 from digitmatch.consumer.stream_time import StreamClock
@@ -34,9 +36,10 @@ log = logging.getLogger(__name__)
 
 class Rebalance:
     def __init__(self, checkpoint: Checkpoint, pressure: BackPressure, join: JoinTable, clock: StreamClock,
-                 routing: Routing, *, drain: Callable[[], None], commit: Callable[[], None],
+                 routing: Routing, metrics: MatcherMetrics, *, drain: Callable[[], None], commit: Callable[[], None],
                  abort: Callable[[str], None] | None = None, changed: Callable[[], None]):
         self.checkpoint = checkpoint
+        self.metrics = metrics
         self._commit = commit
         self._abort = abort
         self.pressure = pressure
@@ -62,8 +65,13 @@ class Rebalance:
     def _take_away(self, partitions: set[Partition], lost: bool) -> None:
         if not partitions:
             return
-        log.info("partitions %s: %s; draining in-flight pairs%s", "lost" if lost else "revoked",
-                 sorted(tp.partition for tp in partitions), "" if lost else " and committing")
+        numbers = sorted(tp.partition for tp in partitions)
+        if lost:  # the consumer's failure: counted, and said louder than a rebalance
+            self.metrics.kafka_errors.labels(stage="consume").inc()
+            log.warning("partitions lost: %s (the group moved on without this member: no heartbeat reached the "
+                        "coordinator within the session timeout); draining in-flight pairs", numbers)
+        else:
+            log.info("partitions revoked: %s; draining in-flight pairs and committing", numbers)
         self._drain()
         if not lost:
             self._commit()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,8 @@ def test_three_nodes_replicate_everything_and_survive_a_killed_leader(tmp_path):
         cluster.kill_node(leader)
         _produce(cluster.bootstrap, b"two")  # two of three in sync: still accepted
         cluster.start_node(leader)
+        # back means listening, not only still registered (a killed node is until it is fenced)
+        socket.create_connection(("127.0.0.1", cluster.node(leader).port), timeout=2).close()
         assert sorted(_read(cluster.bootstrap, "g", 2)) == [b"one", b"two"]
         pids = [node.pid for node in cluster.nodes]
         storage = _storage_of(pids[0])

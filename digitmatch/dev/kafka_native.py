@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -441,7 +442,10 @@ class KafkaCluster:
 
     def _wait_ready(self) -> None:
         """Until every node is registered with the cluster (topics of replication factor
-        ``nodes`` can be created) and answers metadata requests."""
+        ``nodes`` can be created), answers metadata requests and accepts connections on its own
+        listener. (A node registers with the controller before its listener is open, and a node
+        just killed stays registered until the controller fences it, 9 s later: registration alone
+        let clients that connect to each node, as kafka-python's admin does, be refused.)"""
         deadline = time.monotonic() + self.startup_timeout_s
         wait_for_broker(self.connection, self.startup_timeout_s)
         admin = self._admin()
@@ -451,12 +455,19 @@ class KafkaCluster:
                 registered = set(admin.list_topics(timeout=2).brokers)
             except confluent_kafka.KafkaException:
                 registered = set()
-            if registered >= {n.node_id for n in self.nodes}:
+            if registered >= {n.node_id for n in self.nodes} and all(self._listening(n) for n in self.nodes):
                 return
             if time.monotonic() > deadline:
                 raise BrokerExited(f"Apache Kafka nodes {sorted(registered)} of {len(self.nodes)} registered within "
                                    f"{self.startup_timeout_s:g} s")
             time.sleep(0.1)
+
+    def _listening(self, node: KafkaNode) -> bool:
+        try:
+            with socket.create_connection((self.advertised_host, node.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
 
     def _check_alive(self) -> None:
         for node in self.nodes:

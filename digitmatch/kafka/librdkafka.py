@@ -132,6 +132,9 @@ def _headers(message) -> list[tuple[str, bytes]] | None:
         return None
 
 
+METADATA_REFRESH_MS = 10_000
+
+
 class LibrdkafkaConsumer:
     """A group :class:`~digitmatch.kafka.client.Consumer` with explicit commits, starting from the
     earliest offset of a new group."""
@@ -150,6 +153,10 @@ class LibrdkafkaConsumer:
             "fetch.wait.max.ms": fetch_max_wait_ms,
             "enable.partition.eof": False,
             "queued.max.messages.kbytes": PREFETCH_KIB,
+            # How soon a subscribed topic that appears (created after the matcher joined, a new
+            # cluster behind the same address) or gains partitions is noticed, and assigned:
+            # librdkafka's default is 5 minutes. One metadata request per interval.
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         })
         try:
             _check_reachable(self._consumer, conn)

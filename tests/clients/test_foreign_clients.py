@@ -48,6 +48,7 @@ JAVA_PROJECT = REPO / "tests" / "clients" / "java"
 JAVA_SOURCE = JAVA_PROJECT / "src" / "main" / "java" / "io" / "digitmatch" / "clients" / "PairClient.java"
 MURMUR2_OPTION = "-X partitioner=murmur2_random"
 VERDICT_TIMEOUT_S = 90.0
+JOIN_TTL_S = 15.0
 # (spoken digit, written digit) of the candidate pairs: matching and not.
 CANDIDATES = [(3, 3), (7, 7), (1, 1), (2, 5), (8, 0), (4, 9)]
 
@@ -172,6 +173,19 @@ def pairs_in_partitions(bootstrap: str, workdir: Path, pair_id: str) -> dict[str
     return found
 
 
+def dead_letters(bootstrap: str, workdir: Path, pair_id: str) -> list[tuple[str, str]]:
+    """``[(reason, headers as kcat prints them)]`` of ``pair_id``'s dead letters in ``pairs.dlq``,
+    read back with kcat."""
+    out = kcat_run(f"kcat -C -b \"$BOOTSTRAP\" -t {wire.TOPIC_DLQ} -o beginning -e -f '%k\\t%h\\n'",
+                   bootstrap, workdir)
+    found = []
+    for line in out.splitlines():
+        key, headers = line.split("\t", 1)
+        if key == pair_id:
+            found.append((re.search(r"(?:^|,)dm-dlq-reason=(\w+)", headers).group(1), headers))
+    return found
+
+
 def murmur2_partition(key: str, partitions: int) -> int:
     """The Java client's (and kafka-python's) default partition of a key."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
@@ -202,7 +216,9 @@ def partitions(broker) -> int:
 
 @pytest.fixture(scope="module")
 def matcher(broker, start_module_matcher, shipped_model):
-    return start_module_matcher(broker.bootstrap, model=shipped_model)
+    # A join TTL shorter than the default 30 s, long enough for a JVM to start between two halves:
+    # the split pair's lone half gets its unpaired verdict sooner.
+    return start_module_matcher(broker.bootstrap, model=shipped_model, join_ttl_s=JOIN_TTL_S)
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +350,16 @@ def test_kcat_at_librdkafkas_default_partitioner_splits_a_pair_sent_with_java(br
     assert landed == {"spoken": [crc32_partition(pair_id, partitions)], "written": [java_partition]}
     assert java_partition == murmur2_partition(pair_id, partitions)
     assert landed["spoken"] != landed["written"]
+    # The matcher's partition check: the misrouted half is dead-lettered at once with the fix in
+    # its detail, and its partner gets the pair's one verdict, unpaired, after the join TTL.
+    found: list = []
+
+    def dead_lettered() -> bool:
+        found[:] = dead_letters(broker.bootstrap, workdir, pair_id)
+        return bool(found)
+
+    until(dead_lettered, timeout_s=VERDICT_TIMEOUT_S, interval_s=0.5)
+    assert [reason for reason, _ in found] == ["misrouted"], found
+    assert "kcat: -X partitioner=murmur2_random" in found[0][1]
+    (_, verdict), = kcat_verdicts(broker.bootstrap, workdir, [pair_id])[pair_id]
+    assert verdict.outcome == "unpaired" and verdict.missing_half == wire.Half.SPOKEN

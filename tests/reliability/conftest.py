@@ -26,6 +26,7 @@ REPORT_ENV = "DIGITMATCH_RELIABILITY_REPORT"
 class Figures:
     def __init__(self) -> None:
         self.scenarios: dict[str, dict] = {}
+        self.broker: str | None = None  # the running test's broker engine (tansu, kafka)
 
     def __call__(self, scenario: str, *, title: str, injected: str, **numbers) -> None:
         self.scenarios[scenario] = {
@@ -33,6 +34,7 @@ class Figures:
             "injected": injected,
             "figures": numbers,
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "broker": self.broker,
         }
 
     def write(self, path: Path) -> None:
@@ -49,6 +51,14 @@ def figures():
     target = os.environ.get(REPORT_ENV)
     if target and collected.scenarios:
         collected.write(Path(target))
+
+
+@pytest.fixture(autouse=True)
+def _figures_broker(request, figures):
+    """Tells ``figures`` which broker the test runs on (tests/conftest.py's ``broker_engine``)."""
+    figures.broker = request.getfixturevalue("broker_engine") if "broker_engine" in request.fixturenames else None
+    yield
+    figures.broker = None
 
 
 @pytest.fixture(scope="session")

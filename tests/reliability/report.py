@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 ORDER = [
-    ("Faults", ["crash_sigkill", "rebalance", "exactly_once", "broker_absent_at_start", "broker_lost_mid_run",
-                "overload_burst", "partner_never_arrives"]),
+    ("Faults", ["crash_sigkill", "crash_sigkill_load", "rebalance", "rebalance_load", "exactly_once",
+                "broker_absent_at_start", "broker_lost_mid_run", "overload_burst", "partner_never_arrives"]),
+    ("Faults on a three-node cluster", ["cluster_leader_sigkill", "cluster_broker_and_matcher_kill",
+                                        "cluster_restart_one", "cluster_restart_all", "cluster_broker_sigstop"]),
     ("Bad input", ["bad_input_generated", "bad_input_join_rules"]),
     ("Hostile input and pauses", ["hostile_header_name", "hostile_oversized_dead_letter", "hostile_compression",
                                   "hostile_http_flood",
@@ -40,12 +42,17 @@ SUMMARY = [  # column title, figure names tried in order
     ("peak RSS MiB", ["peak_rss_mib"]),
 ]
 
+# How each scenario's broker is named under its figures.
+BROKERS = {"kafka": " on Apache Kafka 3.9.1 (native KRaft)", "tansu": " on the embedded Tansu broker"}
+
 INTRO = """\
 # Reliability
 
 What the matcher does when things go wrong, measured by the reliability suite
-(`tests/reliability/`, part of `make test` and CI) against a real Kafka-protocol broker (the
-embedded Tansu broker), real `digitmatch serve` processes and real SavedModels. Nothing here is
+(`tests/reliability/`, part of `make test` and CI) against a real broker (Apache Kafka 3.9.1,
+started natively by the suite: one node, or three for the cluster faults; `pytest --broker tansu`
+runs the same scenarios on the embedded Tansu broker, and each scenario says which broker its
+figures come from), real `digitmatch serve` processes and real SavedModels. Nothing here is
 typed by hand: every number below was written by the suite itself and rendered by
 `tests/reliability/report.py`. To measure again (5-10 minutes on 2 cores):
 
@@ -66,7 +73,8 @@ How to read the figures:
   0.1-0.5 s) of any matcher process; **peak RSS**: highest `VmHWM` in `/proc/<pid>/status` of any
   matcher process.
 * Matcher processes run with `--session-timeout-ms 6000 --heartbeat-interval-ms 1000
-  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout), on
+  --commit-interval-ms 200` (Tansu's group joins take about half the session timeout; Apache
+  Kafka's follow the heartbeats), on
   librdkafka, the matcher's only Kafka client (`digitmatch/kafka/clients.py` says why kafka-python is no
   longer one).
 """
@@ -124,8 +132,8 @@ RULES = """\
 
 
 HOSTILE = """\
-Tried as an attacker would, from outside, with the embedded broker
-(`tests/reliability/test_hostile_records.py`, `test_hostile_http.py`, `test_model_swap.py`). What
+Tried as an attacker would, from outside (first on the embedded broker, now measured on Apache Kafka;
+`tests/reliability/test_hostile_records.py`, `test_hostile_http.py`, `test_model_swap.py`). What
 each attack did before, and what changed:
 
 * **A header name that is not UTF-8** (legal: Kafka header names are bytes). Before: confluent-kafka
@@ -190,7 +198,65 @@ each attack did before, and what changed:
 
 """
 
-SECTION_NOTES = {"Hostile input and pauses": HOSTILE}
+FAULTS = """\
+The crash and rebalance scenarios run twice: at a trickle (tens of pairs/s), and **at load**
+(`crash_sigkill_load`, `rebalance_load`). At load the test first measures the matcher's own
+saturation on the same broker, in the same run, the way `digitmatch bench` drains a backlog: the
+matcher (default `--max-batch-size`) is frozen while a backlog is written, then timed from SIGCONT
+to its last verdict (`saturation_pairs_per_s`); the stream then runs open-loop at half of it
+(`rate_pairs_per_s`) while the faults are injected. The load generator (a librdkafka producer in
+the test process), the broker and the matcher(s) share this machine's 2 cores, so the rate is half
+of what one matcher drains *on this shared machine*, and a restarted matcher's start-up (TensorFlow,
+the model's proof) takes CPU from the others while the backlog grows. `longest_verdict_gap_s` and
+`seconds_until_latency_normal` come from the verdicts' own timestamps: the longest time without any
+verdict decided from the fault on, and the time from the fault until the last verdict whose
+end-to-end latency was above normal (twice the p99 before the fault, 1 s at least).
+
+"""
+
+CLUSTER = """\
+Faults only a real cluster can show (`tests/reliability/test_cluster_faults.py`, always on Apache
+Kafka): three KRaft nodes on the local JVM (`digitmatch/dev/kafka_native.py`; every node broker and
+controller), `pairs.in`/`matches.out` with 4 partitions, replication factor 3,
+`min.insync.replicas` 2; one stream at 100 pairs/s, the matcher's default `--request-timeout-ms`
+(30 s) except where said. The three JVMs, the matcher(s) and the load generator share the 2 cores:
+a node started again takes 15-30 s to catch up (`seconds_until_all_replicas_in_sync`). What the
+figures show:
+
+* **A SIGKILLed broker stays leader for about 9 s** (`seconds_until_new_leaders`): the controller
+  fences a node only after `broker.session.timeout.ms` (9 s) without its heartbeat. The
+  partitions it led get no verdict meanwhile (`longest_verdict_gap_on_its_partitions_s`), and the
+  backlog is then decided late (`seconds_until_latency_normal`). Nothing is lost; the pairs decided
+  again are those after the commit point when the group's session ran out.
+* **When the group coordinator is the node that fails** (killed or frozen), the verdicts of
+  *every* partition stop, not only those it led (`longest_verdict_gap_s` close to the gap on its
+  partitions): the matcher commits synchronously on its poll loop, and a commit sent to a dead or
+  frozen coordinator returns only when librdkafka gives up on it (here when the consumer's 6 s
+  session ran out, `UNKNOWN_MEMBER_ID`); the partitions are then lost, the group joined again at
+  the new coordinator, and the uncommitted records decided again (identical verdicts). Bounded,
+  correct, but a stall of the whole matcher for the coordinator's failover.
+* **A broker and a matcher killed together**: the survivor gets the dead matcher's partitions
+  from the new coordinator once both the session timeout and the coordinator's failover are over
+  (`seconds_until_the_survivor_owned_all`).
+* **A broker stopped with SIGTERM** hands its leadership over in a controlled shutdown: the
+  verdicts pause for about a second, nothing is decided again. **The whole cluster restarted**
+  on its logs (all nodes SIGTERMed at once; the last one, with no quorum left, only stops at the
+  cluster's 20 s SIGKILL): the matcher keeps running, its group session runs out, and once the
+  cluster is back it resumes from its committed offsets. The pairs it decides again were first
+  decided at most `re_decided_pairs_reached_back_s` before the verdicts stopped: under a second,
+  the commit interval (200 ms) plus the pairs still open at the commit point (each written half
+  follows its spoken half 20 pairs later, so the commit point trails the verdicts); compare
+  `rate_times_commit_interval_pairs` with `pairs_decided_twice_or_more`. A replay from the start
+  would decide `pairs_decided_until_verdicts_stopped` again.
+* **A broker frozen (SIGSTOP) past the matcher's request timeout** (3 s here), short of the 9 s
+  after which the cluster would fence it: librdkafka times the requests out and sends them again
+  to the same leader until it answers (the producer is idempotent: a verdict sent again is
+  written once); the pairs decided again are those after the commit point when the consumer's
+  session ran out (the frozen node coordinated the group).
+
+"""
+
+SECTION_NOTES = {"Faults": FAULTS, "Faults on a three-node cluster": CLUSTER, "Hostile input and pauses": HOSTILE}
 
 
 def fmt(value) -> str:
@@ -251,7 +317,8 @@ def render(data: dict) -> str:
             out.append("| figure | value |\n|---|---|")
             for key, value in entry["figures"].items():
                 out.append(f"| {key.replace('_', ' ')} | {fmt(value)} |")
-            out.append(f"\n_recorded {entry['recorded']}_\n")
+            broker = BROKERS.get(entry.get("broker"), "")
+            out.append(f"\n_recorded {entry['recorded']}{broker}_\n")
     out.append(RULES)
     return "\n".join(out)
 
