@@ -145,14 +145,16 @@ def test_plain_and_ceiling_modes(tmp_path):
     ``ceiling``: one matcher on the trivially cheap SavedModel draining a backlog, labelled so."""
     r = bench(tmp_path, "plain", *TINY)
     check_model(r, [1, 8, 32])
-    drain_pairs = max(50, int(2.5 * r["model_pairs_per_s"] / 4))
+    # the pipeline drain's backlog (seconds × model limit / 4), from the rounded model limit
+    drain_pairs = r["plain"]["pairs"]
+    assert drain_pairs == pytest.approx(max(50, 2.5 * r["model_pairs_per_s"] / 4), abs=1.01)
     check_plain(r, drain_pairs)
     assert "pipeline" not in r and "pipeline_vs_plain" not in r and "naive" not in r
 
     r = bench(tmp_path, "ceiling", *TINY, "--max-batch-size", "64", "--max-delay-ms", "10")
     ceiling = r["ceiling"]
     check_drain(ceiling)
-    assert ceiling["pairs"] == 3 * max(50, int(2.5 * r["model_pairs_per_s"] / 4))
+    assert ceiling["pairs"] == pytest.approx(3 * max(50, 2.5 * r["model_pairs_per_s"] / 4), abs=3.01)
     assert ceiling["config"] == {"max_batch_size": 64, "max_delay_ms": 10.0}
     assert "trivially cheap model" in ceiling["model"] and r["ceiling_model"] == "trivially cheap model"
     assert r["ceiling_pairs_per_s"] == ceiling["pairs_per_s"]
