@@ -20,17 +20,17 @@ from tenacity import RetryCallState, Retrying, wait_exponential
 
 from digitmatch.consumer.batcher import Batch, combine
 from digitmatch.consumer.join import JoinedPair
-from digitmatch.consumer.metrics import MatcherMetrics
+from digitmatch.consumer.metrics import MatcherMetrics, observe_all
 from digitmatch.consumer.model_inputs import model_inputs
 from digitmatch.consumer.models import ModelManager
-from digitmatch.consumer.verdicts import pair_verdicts
+from digitmatch.consumer.verdicts import Document, verdict_documents
 from digitmatch.model.serving import ServingModel
-from digitmatch.wire import Verdict
 
 log = logging.getLogger(__name__)
 
 
-OnScored = Callable[[Batch[JoinedPair], ServingModel, list[Verdict]], None]
+# the batch, the version that scored it, its verdicts (consumer/verdicts.py's documents), in order
+OnScored = Callable[[Batch[JoinedPair], ServingModel, list[Document]], None]
 
 
 class InferenceWorker:
@@ -154,15 +154,14 @@ class InferenceWorker:
         inference_s = time.monotonic() - started
         if not self.manager.serving:
             self.manager.batch_scored(model)
-        verdicts = pair_verdicts(batch.items, outputs, model, started, inference_s)
+        verdicts = verdict_documents(batch.items, outputs, model, started, inference_s)
         if self.metrics is not None:
             m = self.metrics
             m.inference.observe(inference_s)
             if inputs.pcm_halves:
                 m.features.observe(inputs.features_s)
             m.batch_size.observe(len(batch))
-            for pair, verdict in zip(batch.items, verdicts):
-                m.queue_wait.observe(max(0.0, started - pair.joined))
-                if verdict.latency_ms.end_to_end is not None:
-                    m.end_to_end.observe(verdict.latency_ms.end_to_end / 1000)
+            observe_all(m.queue_wait, [max(0.0, started - pair.joined) for pair in batch.items])
+            ends = [v["latency_ms"]["end_to_end"] for v in verdicts]
+            observe_all(m.end_to_end, [end / 1000 for end in ends if end is not None])
         self.on_scored(batch, model, verdicts)

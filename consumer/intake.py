@@ -31,7 +31,7 @@ from digitmatch.consumer.config import MatcherConfig
 from digitmatch.consumer.dead_letter import is_truncated
 from digitmatch.consumer.models import ModelManager
 from digitmatch.consumer.join import HalfRecord, JoinedPair, JoinOutcome, JoinTable, digest
-from digitmatch.consumer.metrics import MatcherMetrics
+from digitmatch.consumer.metrics import MatcherMetrics, observe_all
 from digitmatch.consumer.outbox import Outbox
 from digitmatch.consumer.pausing import BackPressure
 from digitmatch.consumer.routing import Routing
@@ -61,14 +61,20 @@ class Intake:
         self.metrics = metrics
         self.mirror = mirror  # verdicts to their input partition number (consumer/verdicts.py)
         # Records read per half, added to digitmatch_messages_consumed_total once per poll (a
-        # labelled counter increment per record was a measurable share of the poll loop).
+        # labelled counter increment per record was a measurable share of the poll loop), and the
+        # join waits of the pairs joined, observed once per poll too (metrics.observe_all).
         self.consumed = {"spoken": 0, "written": 0, "invalid": 0}
+        self.join_waits: list[float] = []
 
     def count_consumed(self) -> None:
+        """The poll's counts and join waits into the metrics (the matcher calls it once per poll)."""
         for half, count in self.consumed.items():
             if count:
                 self.metrics.messages_consumed.labels(half=half).inc(count)
                 self.consumed[half] = 0
+        if self.join_waits:
+            observe_all(self.metrics.join_wait, self.join_waits)
+            self.join_waits.clear()
 
     def handle_batch(self, tp: Partition, polled: list[Record], now: float, now_ms: int,
                      handled: Iterable[Record] | None = None) -> None:
@@ -106,7 +112,7 @@ class Intake:
             pair = result.pair
             self.checkpoint.span(tp, min(pair.spoken.offset, pair.written.offset),
                                  max(pair.spoken.offset, pair.written.offset))
-            self.metrics.join_wait.observe(pair.second.seen - pair.first.seen)
+            self.join_waits.append(abs(pair.written.seen - pair.spoken.seen))
             full = self.batcher.add(pair, now)
             if full is not None:
                 self.pressure.submit(full, self.checkpoint.assigned)

@@ -54,7 +54,6 @@ from digitmatch.kafka import clients
 from digitmatch.kafka.client import ClientError, Consumer, Partition, Producer
 from digitmatch.kafka.exceptions import TransactionsUnavailable
 from digitmatch.model.serving import ModelError, set_cpu_threads
-from digitmatch.wire import Verdict
 from digitmatch.wire import now_ms as wall_ms
 
 log = logging.getLogger(__name__)
@@ -243,10 +242,11 @@ class Matcher:
 
     # ------------------------------------------------------------------ scored batches
 
-    def _on_scored(self, batch: Batch[JoinedPair], _model, scored: list[Verdict]) -> None:
+    def _on_scored(self, batch: Batch[JoinedPair], _model, scored: list[verdicts.Document]) -> None:
         """Inference thread: the batch's verdicts to the outbox."""
+        topic, mirror, send = self.config.output_topic, self.intake.mirror, self.outbox.send
         for pair, verdict in zip(batch.items, scored):
-            self.outbox.send(verdicts.pair_verdict(self.config.output_topic, pair, verdict, self.intake.mirror))
+            send(verdicts.pair_verdict(topic, pair, verdict, mirror))
 
     # ------------------------------------------------------------------ around the loop
 

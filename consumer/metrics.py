@@ -3,10 +3,16 @@ and alert rules (docs/architecture.md, "Metrics"); change them there first.
 
 Each :class:`MatcherMetrics` owns its own ``CollectorRegistry`` so several matchers can live in
 one process (tests, benchmarks); :mod:`digitmatch.consumer.health` serves it on ``/metrics``.
+
+Values observed per pair are observed per batch (:func:`observe_all`): the same buckets, count and
+sum as one ``observe`` per value, with one lock per bucket touched instead of one per value.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from digitmatch.consumer.thread_cpu import ThreadCpuCollector
@@ -14,6 +20,22 @@ from digitmatch.wire import Reason
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1, 2, 4, ..., 1024
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``, in one step per bucket touched.
+
+    A value goes to the first bucket whose upper bound is >= it, as ``observe`` puts it
+    (prometheus_client keeps per-bucket counts, made cumulative when exposed); this reads the
+    histogram's bounds and values (``_upper_bounds``, ``_buckets``, ``_sum``), which
+    tests/consumer/test_metrics.py checks against ``observe`` one value at a time."""
+    if not len(values):
+        return
+    amounts = np.asarray(values, dtype=np.float64)
+    rows = np.searchsorted(np.asarray(histogram._upper_bounds, dtype=np.float64), amounts, side="left")
+    histogram._sum.inc(float(amounts.sum()))
+    for row, count in zip(*np.unique(rows, return_counts=True)):
+        histogram._buckets[int(row)].inc(int(count))
 
 
 class MatcherMetrics:

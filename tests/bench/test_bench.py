@@ -63,6 +63,16 @@ def check_drain(d: dict) -> None:
     assert set(threads) <= set(ROLES) and threads["poll_loop"] > 0 and threads["inference"] > 0
 
 
+def check_plain(r: dict, pairs: int) -> None:
+    """The plain consumer drained the same backlog as the matcher: one verdict per pair."""
+    plain = r["plain"]
+    assert plain["pairs"] == plain["verdicts"] == pairs and plain["pairs_per_s"] > 0
+    assert r["plain_pairs_per_s"] == plain["pairs_per_s"]
+    assert 1 <= plain["mean_batch_size"] <= 256 and plain["model_calls"] >= pairs / 256
+    threads = plain["thread_cpu_ms_per_pair"]
+    assert set(threads) <= set(ROLES) and threads["poll_loop"] > 0
+
+
 def test_quick_json_has_the_keys_with_sane_values(tmp_path):
     r = bench(tmp_path, "--quick", *TINY, "--max-batch-size", "64", "--max-delay-ms", "10")
     assert r["matcher_kafka_client"] == "librdkafka"
@@ -85,7 +95,9 @@ def test_quick_json_has_the_keys_with_sane_values(tmp_path):
     assert r["pipeline_pairs_per_s"] == max(p["achieved_pairs_per_s"] for p in pipeline["points"])
     check_drain(pipeline["drain"])
     assert r["p99_ms"] == pipeline["half_saturation"]["p99_ms"]
-    assert "sweep" not in r and "scaleout" not in r  # --quick leaves them out
+    check_plain(r, pipeline["drain"]["pairs"])
+    assert r["pipeline_vs_plain"] == pytest.approx(r["drain_pairs_per_s"] / r["plain_pairs_per_s"], abs=1e-3)
+    assert "sweep" not in r and "scaleout" not in r and "ceiling" not in r  # --quick leaves them out
 
 
 def test_every_mode_and_the_report(tmp_path):
@@ -147,3 +159,24 @@ def test_the_features_benchmark_times_each_rate_and_batch(tmp_path):
         assert row["features_us_per_pair"] == pytest.approx(1000 * row["features_ms_per_batch"] / row["batch_size"],
                                                            rel=0.01, abs=0.1)
         assert 0 < row["features_share_of_the_call"] < 1
+
+
+def test_plain_and_ceiling_modes(tmp_path):
+    """``plain`` alone: the model and the plain consumer (no pipeline, so no pipeline_vs_plain);
+    ``ceiling``: one matcher on the trivially cheap SavedModel draining a backlog, labelled so."""
+    r = bench(tmp_path, "plain", *TINY)
+    check_model(r, [1, 8, 32])
+    # the pipeline drain's backlog (seconds × model limit / 4), from the rounded model limit
+    drain_pairs = r["plain"]["pairs"]
+    assert drain_pairs == pytest.approx(max(50, 2.5 * r["model_pairs_per_s"] / 4), abs=1.01)
+    check_plain(r, drain_pairs)
+    assert "pipeline" not in r and "pipeline_vs_plain" not in r and "naive" not in r
+
+    r = bench(tmp_path, "ceiling", *TINY, "--max-batch-size", "64", "--max-delay-ms", "10")
+    ceiling = r["ceiling"]
+    check_drain(ceiling)
+    assert ceiling["pairs"] == pytest.approx(3 * max(50, 2.5 * r["model_pairs_per_s"] / 4), abs=3.01)
+    assert ceiling["config"] == {"max_batch_size": 64, "max_delay_ms": 10.0}
+    assert "trivially cheap model" in ceiling["model"] and r["ceiling_model"] == "trivially cheap model"
+    assert r["ceiling_pairs_per_s"] == ceiling["pairs_per_s"]
+    assert "pipeline" not in r and "plain" not in r

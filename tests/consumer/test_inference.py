@@ -33,8 +33,8 @@ def test_worker_scores_each_batch_with_one_version(root, tiny_model_dir, publish
     finally:
         worker.stop()
     assert [(len(b), version) for b, version, _ in scored] == [(3, 1), (1, 2)]
-    assert all(v.model.version == version for _, version, vs in scored for v in vs)
-    assert [v.pair_id for v in scored[0][2]] == ["p0", "p1", "p2"]
+    assert all(v["model"]["version"] == version for _, version, vs in scored for v in vs)
+    assert [v["pair_id"] for v in scored[0][2]] == ["p0", "p1", "p2"]
     assert sample(metrics, "digitmatch_batch_size_count") == 2
     assert sample(metrics, "digitmatch_batch_size_sum") == 4
     assert sample(metrics, "digitmatch_inference_seconds_count") == 2
@@ -65,7 +65,7 @@ def test_batches_waiting_for_the_model_are_scored_together_up_to_max_pairs(root)
     finally:
         worker.stop()
     assert [len(b) for b, _ in scored] == [4, 4]
-    assert [[v.pair_id for v in vs] for _, vs in scored] == [
+    assert [[v["pair_id"] for v in vs] for _, vs in scored] == [
         ["b0-0", "b0-1", "b1-0", "b1-1"], ["b2-0", "b2-1", "b2-2", "b3-0"]]
     assert sample(metrics, "digitmatch_batch_size_count") == 2
     assert sample(metrics, "digitmatch_batch_size_sum") == 8
@@ -137,7 +137,7 @@ def test_a_version_that_fails_on_a_batch_after_the_swap_falls_back_to_the_previo
     finally:
         worker.stop()
     assert [(len(b), version) for b, version, _ in scored] == [(1, 2), (2, 1), (1, 1)]
-    assert [v.model.version for _, _, vs in scored for v in vs] == [2, 1, 1, 1]
+    assert [v["model"]["version"] for _, _, vs in scored for v in vs] == [2, 1, 1, 1]
     assert manager.current.version == 1 and manager.previous is None and manager.serving
     assert "tiny v2 failed on a batch of 2 pairs after it was swapped in" in caplog.text
     assert "fell back to tiny v1, v2 is skipped until its files change" in caplog.text
@@ -296,10 +296,10 @@ def test_pcm16_halves_get_the_features_of_the_version_that_scores_them(root, tin
         batches.join()
     finally:
         worker.stop()
-    assert [verdict.model.version for _, verdict in scored] == [1, 2]
+    assert [verdict["model"]["version"] for _, verdict in scored] == [1, 2]
     for model, verdict in scored:
         features = mfcc(samples, 8000, model.features)
         expected = model.predict_padded(pad_batch([features], model.max_frames), pair.written.array[None])
-        assert verdict.score == round(float(expected["score"][0]), 6)
+        assert verdict["score"] == round(float(expected["score"][0]), 6)
     assert scored[0][0].features != scored[1][0].features
-    assert scored[0][1].score != scored[1][1].score
+    assert scored[0][1]["score"] != scored[1][1]["score"]

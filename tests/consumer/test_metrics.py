@@ -69,3 +69,26 @@ def test_registries_are_independent():
     a, b = MatcherMetrics(), MatcherMetrics()
     a.verdicts.labels(outcome="match").inc()
     assert b.registry.get_sample_value("digitmatch_verdicts_total", {"outcome": "match"}) == 0
+
+
+def test_observe_all_is_observe_per_value():
+    """observe_all: the buckets, count and sum of one observe per value, bounds included."""
+    import numpy as np
+    import pytest
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from digitmatch.consumer.metrics import observe_all
+
+    values = np.random.default_rng(1).exponential(0.05, size=500).tolist() + list(LATENCY_BUCKETS) + [0.0, 1e6]
+    one, batch = CollectorRegistry(), CollectorRegistry()
+    by_value = Histogram("h", "d", buckets=LATENCY_BUCKETS, registry=one)
+    by_batch = Histogram("h", "d", buckets=LATENCY_BUCKETS, registry=batch)
+    for v in values:
+        by_value.observe(v)
+    observe_all(by_batch, values[:200])
+    observe_all(by_batch, [])
+    observe_all(by_batch, values[200:])
+    for le in [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]:
+        assert batch.get_sample_value("h_bucket", {"le": le}) == one.get_sample_value("h_bucket", {"le": le}), le
+    assert batch.get_sample_value("h_count") == one.get_sample_value("h_count") == len(values)
+    assert batch.get_sample_value("h_sum") == pytest.approx(one.get_sample_value("h_sum"), rel=1e-12)

@@ -46,3 +46,59 @@ def test_model_without_digit_heads(tmp_path, export_model):
     pairs = [make_pair("a")]
     outputs = model.predict([pairs[0].spoken.array], pairs[0].written.array[None])
     assert pair_verdicts(pairs, outputs, model, 0.0, 0.0)[0].predicted is None
+
+
+def _validated(pair, score, threshold, spoken_pred, written_pred, started, inference_s, decided_ms):
+    """The verdict as the matcher built it before verdict documents: six validated pydantic models."""
+    from digitmatch.wire import Latencies, ModelRef, Timestamps, Truth, Verdict
+
+    first, second = (pair.spoken, pair.written) if pair.spoken.seen <= pair.written.seen else (pair.written, pair.spoken)
+    stamps = [h.produced_ms for h in (pair.spoken, pair.written) if h.produced_ms is not None]
+    produced = min(stamps) if stamps else None
+    s, w = pair.spoken.digit, pair.written.digit
+    match = score >= threshold
+    return Verdict(
+        pair_id=pair.pair_id, outcome="match" if match else "no_match", score=score, threshold=threshold,
+        model=ModelRef(name="m", version=3),
+        predicted=None if spoken_pred is None else Truth(spoken=spoken_pred, written=written_pred),
+        truth=None if s is None and w is None else Truth(spoken=s, written=w),
+        correct=None if s is None or w is None else match == (s == w),
+        timestamps=Timestamps(produced_ms=produced, first_seen_ms=first.seen_ms, joined_ms=second.seen_ms,
+                              decided_ms=decided_ms),
+        latency_ms=Latencies(join_wait=(second.seen - first.seen) * 1000,
+                             queue_wait=max(0.0, started - second.seen) * 1000, inference=inference_s * 1000,
+                             end_to_end=None if produced is None else max(0, decided_ms - produced)))
+
+
+@pytest.mark.parametrize("heads", [True, False])
+def test_verdict_bytes_are_those_of_the_validated_verdict(heads):
+    """verdict_bytes(document) == Verdict.to_bytes(), byte for byte, over scores near 0 and 1
+    (exponent notation), missing digits and produce times in either half, either arrival order."""
+    from types import SimpleNamespace
+
+    from digitmatch.consumer.verdicts import verdict_bytes, verdict_documents
+
+    rng = np.random.default_rng(5)
+    n = 400
+    pairs = []
+    for i in range(n):
+        digits = [None if rng.random() < 0.2 else int(rng.integers(10)) for _ in range(2)]
+        produced = [None if rng.random() < 0.3 else int(rng.integers(0, 2000)) for _ in range(2)]
+        pair = make_pair(f"p{i}", digits[0], digits[1], frames=3, produced_ms=produced[0], seen=float(rng.random()))
+        pair.written.produced_ms = produced[1]
+        pair.written.seen = float(rng.random())  # either half first
+        pairs.append(pair)
+    raw = np.concatenate([rng.random(n - 6), [0.0, 1.0, 0.5, 1e-7, 3e-6, 0.9999996]]).astype(np.float32)
+    outputs = {"score": raw}
+    if heads:
+        outputs |= {"spoken_digit_probs": rng.random((n, 10)).astype(np.float32),
+                    "written_digit_probs": rng.random((n, 10)).astype(np.float32)}
+    model = SimpleNamespace(name="m", version=3, threshold=0.5)
+    documents = verdict_documents(pairs, outputs, model, started=0.75, inference_s=0.0123, decided_ms=2100)
+    scores = [round(x, 6) for x in raw.tolist()]
+    for i, (pair, document) in enumerate(zip(pairs, documents)):
+        sp = int(outputs["spoken_digit_probs"][i].argmax()) if heads else None
+        wp = int(outputs["written_digit_probs"][i].argmax()) if heads else None
+        want = _validated(pair, scores[i], 0.5, sp, wp, 0.75, 0.0123, 2100).to_bytes()
+        assert verdict_bytes(document) == want, i
+    assert pair_verdicts(pairs, outputs, model, 0.75, 0.0123, decided_ms=2100)[0].to_bytes() == verdict_bytes(documents[0])

@@ -4,10 +4,14 @@
 * ``naive``: a consumer that predicts, produces and commits per pair (the baseline).
 * ``pipeline``: broker + matcher + open-loop producer at fractions of the model limit, then at half
   the measured saturation (the latency goal).
+* ``plain``: the batched consumer a competent engineer writes in an afternoon, draining the same
+  backlog as the pipeline's drain (``pipeline_vs_plain``: the drain over it).
+* ``ceiling``: the matcher draining a backlog through a trivially cheap SavedModel (same serving
+  signature, exported by the project's export code): its host-side limit.
 * ``sweep``: max batch size × max delay.
 * ``scaleout``: one matcher, then two in one group, under load and draining a backlog.
-* ``all`` (the default): all of them. ``--quick``: model, naive and the pipeline at saturation and
-  at half of it, in under two minutes.
+* ``all`` (the default): all of them. ``--quick``: model, naive, the pipeline at saturation and
+  at half of it, its drain and the plain consumer's, in about two minutes.
 
 ``model`` always runs first: the pipeline's offered loads are fractions of its best pairs/s.
 ``--json`` prints exactly one JSON object on stdout; ``--report DIR`` writes ``benchmarks.json``,
@@ -29,7 +33,7 @@ from typing import Annotated, Literal
 from digitmatch.settings import (MAX_MS, MAX_SECONDS, Cli, DataOption, add_model_options, build, data_problem, field_of,
                                  model_problem, path_problem, values_from_args)
 
-MODES = ("model", "naive", "pipeline", "sweep", "scaleout", "all")
+MODES = ("model", "naive", "pipeline", "plain", "ceiling", "sweep", "scaleout", "all")
 
 
 def _numbers(text: str, kind: type, low: float, high: float, *, low_included: bool = True) -> tuple:
@@ -75,7 +79,8 @@ def options_model() -> type:
     class BenchOptions(BaseModel):
         model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
-        quick: bool = Field(False, description="model, naive and pipeline at saturation only, small sizes (< 2 min)")
+        quick: bool = Field(False, description=(
+            "model, naive, pipeline at saturation, its drain and the plain consumer's, small sizes (~2 min)"))
         json_output: Annotated[bool, Cli(flag="--json")] = Field(
             False, description="print exactly one JSON object on stdout (logs stay on stderr)")
         report: Path | None = Field(None, description=(

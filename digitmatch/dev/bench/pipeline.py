@@ -290,6 +290,19 @@ class PipelineBench:
             "config": dict(self.flags),
         }
 
+    def drain_with_model(self, model: Path, n_pairs: int, **flags) -> dict:
+        """:meth:`drain` by one fresh matcher serving ``model`` instead of the bench's own (``bench
+        ceiling``'s cheap model); the matchers are stopped afterwards, so the next run starts its own
+        on the bench's model."""
+        own = self.model
+        self.model = Path(model)
+        try:
+            self.start_matchers(1, **flags)
+            return self.drain(n_pairs) | {"model_path": str(model)}
+        finally:
+            self.stop_matchers()
+            self.model = own
+
     def close(self) -> None:
         try:
             self.stop_matchers()

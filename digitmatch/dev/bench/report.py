@@ -160,6 +160,13 @@ def results_markdown(r: dict) -> str:
                      f"p50 {_v(s['p50_ms'])} ms, p95 {_v(s['p95_ms'])} ms, p99 {_v(s['p99_ms'])} ms",
                      f"goal p99 ≤ {_v(s['latency_target_ms'])} ms: {'met' if s['latency_target_met'] else 'missed'}"])
         rows.append(["batching", f"max batch {s['max_batch_size']}, max delay {_v(s['max_delay_ms'])} ms", ""])
+    if "plain_pairs_per_s" in s:
+        rows.append(["plain batched consumer draining the same backlog (digitmatch/dev/bench/plain.py)",
+                     f"{_v(s['plain_pairs_per_s'])} pairs/s",
+                     "" if s.get("pipeline_vs_plain") is None else f"matcher's drain {_v(s['pipeline_vs_plain'], 2)} × it (goal ≥ 1.0)"])
+    if "ceiling_pairs_per_s" in s:
+        rows.append(["ceiling: the matcher draining through a trivially cheap model", f"{_v(s['ceiling_pairs_per_s'])} pairs/s",
+                     "goal ≥ 20,000 per process"])
     if "scaleout_ratio" in s:
         rows.append(["scale-out, 2 matchers vs 1", f"{_v(s['scaleout_two_pairs_per_s'])} vs {_v(s['scaleout_one_pairs_per_s'])} pairs/s",
                      f"ratio {_v(s['scaleout_ratio'], 2)}; draining a backlog {_v(s['scaleout_drain_ratio'], 2)}"])

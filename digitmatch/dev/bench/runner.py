@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from digitmatch.dev.bench.model_only import BATCH_SIZES, QUICK_BATCH_SIZES, measure_model
 from digitmatch.dev.bench.naive import run_naive
 from digitmatch.dev.bench.pipeline import saturation_and_knee
+from digitmatch.dev.bench.plain import run_plain
 from digitmatch.dev.bench.proc_cpu import machine
 from digitmatch.dev.bench.scaleout import run_scaleout
 from digitmatch.dev.bench.session import BenchSession
@@ -22,6 +23,7 @@ SATURATING_LOAD = 1.2  # × the model-only best: more than the pipeline can take
 QUICK_LOAD = 1.25  # × the backlog-drain rate (quick mode's one saturating load point)
 SWEEP_LOAD = 1.5  # × the backlog-drain rate of the default configuration
 SWEEP_SECONDS = 6.0
+CEILING_FACTOR = 3  # × the drain's backlog: the cheap model drains it several times faster
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Plan:
             return True
         if self.mode != "all":
             return False
-        return part in ("naive", "pipeline") or not self.quick
+        return part in ("naive", "pipeline", "plain") or not self.quick
 
 
 def run_plan(session: BenchSession, plan: Plan) -> dict:
@@ -69,7 +71,7 @@ def run_plan(session: BenchSession, plan: Plan) -> dict:
                      "matcher_kafka_client": "librdkafka"}
     flags = {"max_batch_size": plan.max_batch_size, "max_delay_ms": plan.max_delay_ms}
     bench = None
-    if plan.wants("pipeline") or plan.wants("scaleout"):
+    if plan.wants("pipeline") or plan.wants("scaleout") or plan.wants("plain") or plan.wants("ceiling"):
         # The matcher loads its model while the pairs are built in parallel.
         threading.Thread(target=lambda: session.pool, name="build-pairs", daemon=True).start()
         bench = session.pipeline
@@ -135,6 +137,28 @@ def run_plan(session: BenchSession, plan: Plan) -> dict:
         if "naive_pairs_per_s" in summary:
             summary["pipeline_vs_naive"] = _ratio(saturation, summary["naive_pairs_per_s"])
         summary |= {"max_batch_size": plan.max_batch_size, "max_delay_ms": plan.max_delay_ms}
+
+    if plan.wants("plain"):
+        log.info("plain batched consumer draining a backlog of %d pairs", drain_pairs)
+        plain = run_plain(session.broker.connection, session.model, session.pool, new_run_id(), drain_pairs,
+                          partitions=session.partitions)
+        results["plain"] = plain.to_dict()
+        log.info("  -> %s pairs/s", results["plain"]["pairs_per_s"])
+        summary["plain_pairs_per_s"] = results["plain"]["pairs_per_s"]
+        summary["plain_vs_model"] = _ratio(summary["plain_pairs_per_s"], summary["model_pairs_per_s"])
+        if drain_rate is not None:
+            summary["pipeline_vs_plain"] = _ratio(drain_rate, summary["plain_pairs_per_s"])
+
+    if plan.wants("ceiling"):
+        bench = session.pipeline
+        pairs = CEILING_FACTOR * drain_pairs
+        log.info("ceiling: the matcher on a trivially cheap model draining %d pairs", pairs)
+        ceiling = bench.drain_with_model(session.cheap_model_path, pairs, **flags)
+        ceiling["model"] = "trivially cheap model (digitmatch/dev/bench/cheap_model.py)"
+        results["ceiling"] = ceiling
+        log.info("  -> %s pairs/s (trivially cheap model)", ceiling["pairs_per_s"])
+        summary["ceiling_pairs_per_s"] = ceiling["pairs_per_s"]
+        summary["ceiling_model"] = "trivially cheap model"
 
     if plan.wants("scaleout"):
         log.info("scale-out: one matcher, then two, at %.0f pairs/s offered and draining %d pairs",

@@ -61,6 +61,20 @@ class BenchSession:
         warm_up(model)
         return model
 
+    @cached_property
+    def cheap_model_path(self) -> Path:
+        """The trivially cheap SavedModel of ``bench ceiling`` (digitmatch/dev/bench/cheap_model.py),
+        exported into this session's directory with the features of the model benchmarked."""
+        from digitmatch.dev.bench.cheap_model import export_cheap
+        from digitmatch.model.serving import read_metadata, resolve
+        from digitmatch.features import FeatureParams
+
+        _, version_dir = resolve(self.model_path)
+        meta = read_metadata(version_dir)
+        root = self.log_dir / "cheap-model" / "digitmatch-cheap"
+        export_cheap(root, FeatureParams(**meta["features"]), stands_in_for=f"{meta.get('name')} v{meta.get('version')}")
+        return root
+
     @property
     def broker(self) -> EmbeddedBroker:
         if self._broker is None:
