@@ -33,6 +33,7 @@ PAIRS = 300
 RATE = 60  # pairs per second: ~5 s of load, several scrapes and batches
 LONE_HALVES = 6
 MALFORMED = 8
+RAW_PAIRS = 4  # spoken halves sent as pcm16 recordings: the features panel has something to show
 # Lone halves wait this long for a partner; generous, so a real pair's halves are never split by
 # a stall on a busy machine.
 JOIN_TTL_S = 3.0
@@ -54,10 +55,16 @@ def alert_rules() -> list:
 
 
 def send_noise(bootstrap: str) -> None:
-    """Lone spoken halves (their partner never comes) and records that fail validation."""
+    """Lone spoken halves (their partner never comes), records that fail validation, and pairs
+    whose spoken half is a raw recording (pcm16)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     rng = np.random.default_rng(7)
     now_ms = int(time.time() * 1000)
+    for i in range(RAW_PAIRS):
+        samples = rng.integers(-3000, 3000, size=6000, dtype=np.int16)
+        for key, value, headers in (wire.encode_spoken_pcm16(f"raw-{i}", samples, 8000, 2, now_ms),
+                                    wire.encode_written(f"raw-{i}", rng.integers(0, 255, (28, 28), np.uint8), 2, now_ms)):
+            producer.send(wire.TOPIC_PAIRS, key=key, value=value, headers=headers)
     for i in range(LONE_HALVES):
         key, value, headers = wire.encode_spoken(f"lone-{i}", rng.normal(size=(30, 13)).astype("<f4"), 3, now_ms)
         producer.send(wire.TOPIC_PAIRS, key=key, value=value, headers=headers)
@@ -113,7 +120,7 @@ def live(broker, start_module_matcher, served_model, data_dir, tmp_path_factory)
         # Prometheus has scraped them all.
         prometheus.wait_for(
             "sum(digitmatch_verdicts_total)", timeout_s=60,
-            predicate=lambda r: bool(r) and float(r[0]["value"][1]) >= PAIRS + LONE_HALVES,
+            predicate=lambda r: bool(r) and float(r[0]["value"][1]) >= PAIRS + RAW_PAIRS + LONE_HALVES,
         )
         prometheus.wait_for(
             "sum(digitmatch_dead_letters_total)", timeout_s=30,
@@ -133,7 +140,7 @@ def test_scraped_counts_match_what_was_sent(live):
     prometheus, at = live
     verdicts = prometheus.query("sum by (outcome) (digitmatch_verdicts_total)", at)
     by_outcome = {s["metric"]["outcome"]: float(s["value"][1]) for s in verdicts}
-    assert by_outcome["match"] + by_outcome["no_match"] == PAIRS
+    assert by_outcome["match"] + by_outcome["no_match"] == PAIRS + RAW_PAIRS
     assert by_outcome["unpaired"] == LONE_HALVES
     dead = prometheus.query("sum(digitmatch_dead_letters_total)", at)
     assert float(dead[0]["value"][1]) == MALFORMED
