@@ -140,8 +140,13 @@ def _resolve_with_maven(pom: Path, cached: Path) -> str:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster ID: 16 random bytes, URL-safe base64 without padding (as Kafka's ``Uuid``)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    """A KRaft cluster ID: 16 random bytes, URL-safe base64 without padding (as Kafka's ``Uuid``),
+    never starting with ``-`` (Kafka's own ``Uuid.randomUuid`` draws again too: the storage tool
+    would read such an ID as an option, about one start in 64)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 # --------------------------------------------------------------------------- one node

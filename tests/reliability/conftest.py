@@ -56,7 +56,12 @@ def figures():
 @pytest.fixture(autouse=True)
 def _figures_broker(request, figures):
     """Tells ``figures`` which broker the test runs on (tests/conftest.py's ``broker_engine``)."""
-    figures.broker = request.getfixturevalue("broker_engine") if "broker_engine" in request.fixturenames else None
+    if "kafka_cluster" in request.fixturenames:
+        figures.broker = "kafka"
+    elif "broker_engine" in request.fixturenames:
+        figures.broker = request.getfixturevalue("broker_engine")
+    else:
+        figures.broker = None
     yield
     figures.broker = None
 

@@ -54,7 +54,7 @@ started natively by the suite: one node, or three for the cluster faults; `pytes
 runs the same scenarios on the embedded Tansu broker, and each scenario says which broker its
 figures come from), real `digitmatch serve` processes and real SavedModels. Nothing here is
 typed by hand: every number below was written by the suite itself and rendered by
-`tests/reliability/report.py`. To measure again (5-10 minutes on 2 cores):
+`tests/reliability/report.py`. To measure again (about 25 minutes on 2 cores):
 
 ```
 make reliability        # runs tests/reliability, writes docs/reliability.json and this page
