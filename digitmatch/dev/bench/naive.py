@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from digitmatch.dev.bench.open_loop import send_open_loop
+from digitmatch.dev.bench.open_loop import run_topics, send_open_loop
 from digitmatch.kafka.librdkafka_producer import LibrdkafkaProducer
 from digitmatch.dev.bench.records import RecordPool
 from digitmatch.consumer.verdicts import pair_verdicts
@@ -27,10 +27,6 @@ from digitmatch.model.serving import ServingModel
 from digitmatch.wire import Half, InvalidMessage, decode_half, now_ms, verdict_key
 
 
-
-def naive_topics(run_id: str) -> tuple[str, str]:
-    """(input, output) topics of one naive run: its own, so it reads nothing but its own pairs."""
-    return f"bench.naive.{run_id}.pairs.in", f"bench.naive.{run_id}.matches.out"
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ def run_naive(
     partitions: int = 4,
     timeout_s: float = 300.0,
 ) -> NaiveResult:
-    topic_in, topic_out = naive_topics(run_id)
+    topic_in, topic_out = run_topics("naive", run_id)
     ensure_topics(conn, {topic_in: partitions, topic_out: partitions})
     loader = LibrdkafkaProducer(conn)  # fills the topic before the naive consumer starts: not measured
     try:

@@ -68,3 +68,9 @@ def send_open_loop(
     ended_ms = now_ms()
     producer.flush(60)
     return SentLoad(run_id, ids, rate, started_ms, ended_ms, now_ms(), len(failures))
+
+
+def run_topics(mode: str, run_id: str) -> tuple[str, str]:
+    """(input, output) topics of one run of a bench consumer (``naive``, ``plain``): its own, so it
+    reads nothing but the pairs sent for it."""
+    return f"bench.{mode}.{run_id}.pairs.in", f"bench.{mode}.{run_id}.matches.out"

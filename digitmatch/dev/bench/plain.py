@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import confluent_kafka
 
 from digitmatch.consumer.thread_cpu import ThreadCpuCollector
-from digitmatch.dev.bench.open_loop import send_open_loop
+from digitmatch.dev.bench.open_loop import run_topics, send_open_loop
 from digitmatch.dev.bench.proc_cpu import cpu_seconds
 from digitmatch.dev.bench.records import RecordPool
 from digitmatch.features import pad_batch
@@ -50,10 +50,6 @@ CONSUME_RECORDS = 512
 MAX_BATCH = 256
 MAX_DELAY_S = 0.020
 
-
-def plain_topics(run_id: str) -> tuple[str, str]:
-    """(input, output) topics of one plain run: its own, so it reads nothing but its own pairs."""
-    return f"bench.plain.{run_id}.pairs.in", f"bench.plain.{run_id}.matches.out"
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,7 @@ class PlainResult:
 
 def run_plain(conn: KafkaConnection, model: ServingModel, pool: RecordPool, run_id: str, n_pairs: int, *,
               partitions: int = 4, timeout_s: float = 300.0) -> PlainResult:
-    topic_in, topic_out = plain_topics(run_id)
+    topic_in, topic_out = run_topics("plain", run_id)
     ensure_topics(conn, {topic_in: partitions, topic_out: partitions})
     loader = LibrdkafkaProducer(conn)  # the backlog, written before the consumer starts: not measured
     try:
