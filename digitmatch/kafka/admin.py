@@ -126,10 +126,17 @@ def ensure_topics(
                         f"{error.__name__}: {result.get('error_message') or error.description}"
                     )
             log.info("created topics %s", ", ".join(f"{n} ({p} partitions)" for n, p in missing.items()))
-        described = admin.describe_topics(list(topics))
+        # On a cluster, the broker asked may learn of a topic just created a moment after the
+        # controller: described again until every topic is visible, within timeout_s.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = admin.describe_topics(list(topics))
+            counts = {t["name"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+            if set(topics) <= counts.keys() or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
     finally:
         admin.close()
-    counts = {t["name"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
     for name, wanted in topics.items():
         if name not in counts:
             raise TopicSetupError(f"topic {name!r} is not visible on {conn.bootstrap_servers} after creation")
