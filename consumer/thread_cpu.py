@@ -2,14 +2,15 @@
 
 A matcher is bounded by its single threads as much as by its cores: the poll loop reads,
 decodes and joins every record on one Python thread, and the inference thread scores one batch at
-a time. ``rate()`` of this counter is the share of a core each role keeps busy: a poll loop near 1
-says "add a process", not "add cores"; where the time of a whole pipeline goes, per pair, is in
+a time (its verdicts are built on a thread of their own). ``rate()`` of this counter is the share
+of a core each role keeps busy: a poll loop near 1 says "add a process", not "add cores"; where the time of a whole pipeline goes, per pair, is in
 docs/benchmarks.md. (The inference thread mostly waits for TensorFlow's pools: its saturation shows
 as a full inference queue and paused partitions instead.) Roles:
 
 * ``poll_loop``: the thread running the matcher's loop (decode, join, batching, offsets);
-* ``inference``: the inference thread, with the part of the model's graph TensorFlow runs on the
-  calling thread, building verdicts and handing them to the producer;
+* ``inference``: the inference thread: a batch's inputs, and the part of the model's graph
+  TensorFlow runs on the calling thread;
+* ``verdicts``: the thread building a scored batch's verdicts and handing them to the producer;
 * ``tensorflow``: TensorFlow's own thread pools;
 * ``kafka_client``: the Kafka client's I/O threads (librdkafka's, kafka-python's);
 * ``other``: the rest (HTTP endpoints, model watcher, interpreter start-up).
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from digitmatch.procfs import read_stat
 
-ROLES = ("poll_loop", "inference", "tensorflow", "kafka_client", "other")
+ROLES = ("poll_loop", "inference", "verdicts", "tensorflow", "kafka_client", "other")
 NAME = "digitmatch_thread_cpu_seconds"
 HELP = "CPU seconds used by the matcher's threads, per role"
 

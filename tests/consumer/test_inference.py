@@ -93,10 +93,66 @@ def test_the_stop_sentinel_taken_with_waiting_batches_stops_after_scoring_them(r
     batches.put(None)
     scored = []
     worker = InferenceWorker(manager, batches, lambda b, m, v: scored.append(len(b)), max_pairs=256).start()
-    worker._thread.join(60)
+    worker.join(60)
     assert scored == [3]
     assert not worker.is_alive()
     assert batches.unfinished_tasks == 0
+
+
+def test_the_next_batch_is_scored_while_the_verdicts_of_one_are_handed_on(root):
+    """The verdicts thread holds batch A's verdicts (on_scored blocked): B is scored meanwhile,
+    neither counts as done on the queue before its verdicts are handed on, and the order holds."""
+    manager = ModelManager(root)
+    manager.load()
+    batches = queue.Queue()
+    calls, handed_on = [], []
+    handing_on, release = threading.Event(), threading.Event()
+    real_predict = type(manager.current).predict_padded
+
+    def predict(model, mfcc, images):
+        calls.append(len(images))
+        return real_predict(model, mfcc, images)
+
+    def on_scored(batch, _model, verdicts):
+        handed_on.append([v["pair_id"] for v in verdicts])
+        handing_on.set()
+        assert release.wait(30)
+
+    with mock.patch.object(type(manager.current), "predict_padded", predict):
+        worker = InferenceWorker(manager, batches, on_scored, max_pairs=8).start()
+        try:
+            batches.put(Batch([make_pair("a0"), make_pair("a1")], FlushReason.FULL))
+            assert handing_on.wait(30)
+            batches.put(Batch([make_pair("b0")], FlushReason.FULL))
+            wait_until(lambda: calls == [2, 1])  # B scored while A's verdicts are still being handed on
+            assert batches.unfinished_tasks == 2 and handed_on == [["a0", "a1"]]
+            release.set()
+            batches.join()
+        finally:
+            release.set()
+            worker.stop()
+    assert handed_on == [["a0", "a1"], ["b0"]]
+    assert not worker.is_alive()
+
+
+def test_a_failure_handing_verdicts_on_drops_that_batch_only(root, caplog):
+    manager = ModelManager(root)
+    manager.load()
+    batches = _queued([2, 1])
+    handed_on = []
+
+    def on_scored(batch, _model, verdicts):
+        if len(batch) == 2:
+            raise RuntimeError("the outbox is gone")
+        handed_on.append([v["pair_id"] for v in verdicts])
+
+    worker = InferenceWorker(manager, batches, on_scored, max_pairs=2).start()
+    try:
+        batches.join()  # the dropped batch counts as done too
+    finally:
+        worker.stop()
+    assert handed_on == [["b1-0"]]
+    assert "verdicts of a batch of 2 pairs dropped" in caplog.text
 
 
 def test_padding_beyond_max_frames_is_cut(tiny_model_dir):

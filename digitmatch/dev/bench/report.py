@@ -211,8 +211,9 @@ def results_markdown(r: dict) -> str:
         runs = [(name, run["thread_cpu_ms_per_pair"]) for name, run in runs if run and run.get("thread_cpu_ms_per_pair")]
         if runs:
             out += ["Matcher CPU ms per pair by thread (`digitmatch_thread_cpu_seconds_total`): poll loop = "
-                    "decode, join, batching, offsets; inference = the part of the model's graph TensorFlow runs "
-                    "on the calling thread, building and sending verdicts; tensorflow = its thread pools; "
+                    "decode, join, batching, offsets; inference = a batch's inputs and the part of the model's graph "
+                    "TensorFlow runs on the calling thread; verdicts = building and sending the verdicts; "
+                    "tensorflow = its thread pools; "
                     "kafka_client = the client library's I/O threads.", "",
                     _table(["run", *ROLES], [[name, *(_v(t.get(role), 3) for role in ROLES)] for name, t in runs]),
                     ""]
