@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -430,18 +431,18 @@ def configure(parser) -> None:
 
 
 def out_problem(out: Path) -> str | None:
-    """Why ``--out`` cannot take the recordings, or None: it must be a writable directory (created
-    when missing) with no ``.wav`` file in it yet."""
+    """Why ``--out`` cannot take the recordings, or None: a directory (created when missing, so its
+    nearest existing parent must be writable) with no ``.wav`` file in it yet. Creates nothing."""
     problem = path_problem("--out", out, "new-dir")
     if problem:
         return problem
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".digitmatch-write-test-"):
-            pass
-        held = sum(1 for p in out.iterdir() if p.suffix.lower() == ".wav")
+        existing = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"--out: {str(out)!r} is not writable ({str(existing)!r} is not)"
+        held = sum(1 for p in out.iterdir() if p.suffix.lower() == ".wav") if existing == out.absolute() else 0
     except OSError as exc:
-        return f"--out: {str(out)!r} is not writable: {exc.strerror or exc}"
+        return f"--out: {str(out)!r} cannot be read: {exc.strerror or exc}"
     if held:
         return f"--out: {str(out)!r} already holds {held} .wav files (choose an empty or new directory)"
     return None
@@ -455,10 +456,10 @@ def run(args) -> int:
 
     try:
         options = build(VoicesOptions, values_from_args(VoicesOptions, args))
-        the_plan = plan(options.engines, options.speakers, options.takes, options.seed)
-        problem = out_problem(options.out)
+        problem = out_problem(options.out)  # before any engine runs; nothing is created yet
         if problem:
             raise VoiceError(problem)
+        the_plan = plan(options.engines, options.speakers, options.takes, options.seed)
         log.info("%d speakers (%s), %d recordings -> %s", len(the_plan.speakers),
                  ", ".join(f"{e.name}: {sum(s.engine == e.name for s in the_plan.speakers)}" for e in the_plan.engines),
                  the_plan.recordings, options.out)

@@ -24,6 +24,7 @@ def test_train_writes_savedmodel_metadata_metrics_and_plots(smoke_model, smoke_m
     assert training["duration_s"] > 0
     assert training["test"] == {"recordings": 250, "images": 8000}
     assert training["validation"]["recordings"] + training["train_pool"]["recordings"] == 2250
+    assert training["extra_voices"] is None  # the default: real recordings only
     for ratio in ("match_0.5", "match_0.1"):
         test = meta["metrics"]["test"][ratio]
         assert test["pairs"] == 200
