@@ -7,7 +7,9 @@ here, written as FSDD recordings (``{digit}_{speaker}_{take}.wav``) for training
   finds, spoken with ``text2wave``). An engine that is not on ``PATH`` is skipped, with a log
   line; nothing is ever downloaded.
 * **Speakers.** A speaker is (engine, voice, pitch, rate); each engine's catalogue is its voices
-  times a fixed grid of pitches and rates (:data:`GRIDS`, :data:`PITCHES`). :func:`choose_speakers` shares the
+  times a fixed grid of pitches and rates (:data:`GRIDS`, :data:`PITCHES`); a flite or festival
+  voice that says a word the same at the grid's lowest and highest pitch (flite's ``rms`` ignores
+  the setting) keeps its own pitch, written ``p0``. :func:`choose_speakers` shares the
   speakers asked for among the engines as evenly as their catalogues allow and, within an engine,
   goes round its voices in a seeded order, taking a seeded pitch and rate not yet used. The same
   seed, engines and installed voices give the same speakers.
@@ -143,18 +145,18 @@ def _espeak_command(word: str, voice: str, pitch: float, rate: float, out: Path)
 
 
 def _flite_command(word: str, voice: str, pitch: float, rate: float, out: Path) -> list[str]:
-    return ["flite", "-voice", voice, "--setf", f"int_f0_target_mean={pitch:.1f}",
-            "--setf", f"duration_stretch={100.0 / rate:.4f}", "-t", word, "-o", str(out)]
+    own = [] if pitch <= 0 else ["--setf", f"int_f0_target_mean={pitch:.1f}"]  # 0: the voice's own pitch
+    return ["flite", "-voice", voice, *own, "--setf", f"duration_stretch={100.0 / rate:.4f}", "-t", word, "-o", str(out)]
 
 
 def _festival_command(word: str, voice: str, pitch: float, rate: float, out: Path) -> list[str]:
     text = out.with_suffix(".txt")
     text.write_text(word + "\n")
-    return ["text2wave", "-eval", f"(voice_{voice})",
-            "-eval", f"(Parameter.set 'Duration_Stretch {100.0 / rate:.4f})",
-            "-eval", f"(if (boundp 'int_lr_params) (set! int_lr_params (cons (list 'target_f0_mean {pitch:.1f}) "
-                     "int_lr_params)))",
-            "-o", str(out), str(text)]
+    own = [] if pitch <= 0 else [  # 0: the voice's own pitch
+        "-eval", f"(if (boundp 'int_lr_params) (set! int_lr_params (cons (list 'target_f0_mean {pitch:.1f}) "
+                 "int_lr_params)))"]
+    return ["text2wave", "-eval", f"(voice_{voice})", "-eval", f"(Parameter.set 'Duration_Stretch {100.0 / rate:.4f})",
+            *own, "-o", str(out), str(text)]
 
 
 @dataclass(frozen=True)
@@ -198,9 +200,12 @@ def available_engines(names: Sequence[str] = ENGINES) -> list[Engine]:
 # --------------------------------------------------------------------------------- the speakers
 
 
-def choose_speakers(catalogues: dict[str, list[str]], n: int, seed: int) -> list[Speaker]:
-    """``n`` distinct speakers from the engines' voices (see the module's docstring), engine by engine."""
-    capacity = {e: sum(len(pitches_of(e, voice)) for voice in v) * len(GRIDS[e][1]) for e, v in catalogues.items()}
+def choose_speakers(catalogues: dict[str, list[str]], n: int, seed: int,
+                    fixed_pitch: frozenset[tuple[str, str]] = frozenset()) -> list[Speaker]:
+    """``n`` distinct speakers from the engines' voices (see the module's docstring), engine by
+    engine; the (engine, voice) pairs of ``fixed_pitch`` keep their own pitch (0)."""
+    capacity = {e: sum(len(pitches_of(e, voice, fixed_pitch)) for voice in v) * len(GRIDS[e][1])
+                for e, v in catalogues.items()}
     share = dict.fromkeys(catalogues, 0)
     while sum(share.values()) < n and any(share[e] < capacity[e] for e in share):
         for engine in catalogues:
@@ -209,22 +214,25 @@ def choose_speakers(catalogues: dict[str, list[str]], n: int, seed: int) -> list
     speakers = []
     for engine, voices in catalogues.items():
         rng = np.random.default_rng([seed, zlib.crc32(engine.encode())])
-        speakers += _pick(engine, voices, share[engine], rng)
+        speakers += _pick(engine, voices, share[engine], rng, fixed_pitch)
     return speakers
 
 
-def pitches_of(engine: str, voice: str) -> tuple[int, ...]:
+def pitches_of(engine: str, voice: str, fixed_pitch: frozenset[tuple[str, str]] = frozenset()) -> tuple[int, ...]:
+    if (engine, voice) in fixed_pitch:
+        return (0,)
     return PITCHES.get((engine, voice), GRIDS[engine][0])
 
 
-def _pick(engine: str, voices: list[str], k: int, rng: np.random.Generator) -> list[Speaker]:
+def _pick(engine: str, voices: list[str], k: int, rng: np.random.Generator,
+          fixed_pitch: frozenset[tuple[str, str]]) -> list[Speaker]:
     rates = GRIDS[engine][1]
     order = [voices[i] for i in rng.permutation(len(voices))]
     used: set[tuple[str, int, int]] = set()
     chosen: list[Speaker] = []
     while len(chosen) < k:
         for voice in order:
-            free = [(p, r) for p in pitches_of(engine, voice) for r in rates if (voice, p, r) not in used]
+            free = [(p, r) for p in pitches_of(engine, voice, fixed_pitch) for r in rates if (voice, p, r) not in used]
             if len(chosen) == k or not free:
                 continue
             pitch, rate = free[int(rng.integers(len(free)))]
@@ -302,6 +310,14 @@ def speak(engine: Engine, word: str, voice: str, pitch: float, rate: float, work
     return audio
 
 
+def ignores_pitch(engine: Engine, voice: str) -> bool:
+    """Whether ``voice`` says "one" the same at its engine's lowest and highest grid pitch."""
+    pitches = pitches_of(engine.name, voice)
+    with tempfile.TemporaryDirectory(prefix="digitmatch-voices-") as tmp:
+        low, high = (speak(engine, WORDS[1], voice, p, 100.0, Path(tmp)) for p in (pitches[0], pitches[-1]))
+        return np.array_equal(low, high)
+
+
 # ------------------------------------------------------------------------------------ generating
 
 
@@ -340,7 +356,9 @@ def plan(engines: Sequence[str], speakers: int, takes: int, seed: int) -> Plan:
     if not catalogues:
         raise VoiceError(f"no voice found in {', '.join(e.name for e in found)}")
     used = [e for e in found if e.name in catalogues]
-    return Plan(used, {e.name: e.version() for e in used}, choose_speakers(catalogues, speakers, seed),
+    fixed = frozenset((e.name, v) for e in used if e.name != "espeak-ng" for v in catalogues[e.name]
+                      if ignores_pitch(e, v))
+    return Plan(used, {e.name: e.version() for e in used}, choose_speakers(catalogues, speakers, seed, fixed),
                 [e for e in engines if e not in catalogues], seed, takes)
 
 

@@ -81,6 +81,15 @@ def test_speakers_are_seeded_distinct_and_shared_among_engines():
     assert len(voices.choose_speakers(small, 10_000, seed=0)) == 4 * capacity  # all there is
 
 
+def test_a_voice_that_ignores_pitch_keeps_its_own():
+    rates = voices.GRIDS["flite"][1]
+    chosen = voices.choose_speakers({"flite": ["rms"]}, 10, seed=0, fixed_pitch=frozenset({("flite", "rms")}))
+    assert len(chosen) == len(rates) and {s.pitch for s in chosen} == {0}
+    assert sorted(s.rate for s in chosen) == sorted(rates)
+    assert voices.take_settings(chosen[0], 1, 1, seed=0)[0] == 0  # no jitter on "the voice's own"
+    assert not any("int_f0_target_mean" in arg for arg in voices._flite_command("one", "rms", 0, 100, Path("x.wav")))
+
+
 def test_take_jitter_is_small_and_seeded():
     speaker = voices.Speaker("espeak-ng", "en-us+m3", 40, 150)
     takes = [voices.take_settings(speaker, 3, k, seed=0) for k in range(5)]
