@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Prometheus (promtool + server) and docker-compose validate the deploy/ files in the tests; kcat
-# is one of the foreign clients of tests/clients/, sox converts the WAV file it sends as pcm16.
+# is one of the foreign clients of tests/clients/, sox converts the WAV file it sends as pcm16;
+# espeak-ng and flite speak the synthetic voices of tests/data/test_voices.py.
 system-deps:
 	bash .ci/system-deps
 

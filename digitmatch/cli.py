@@ -16,6 +16,7 @@ from digitmatch.tf_logging import quiet_tensorflow
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("digitmatch.dev.demo", "embedded broker + matcher + producer on the shipped model; prints a summary"),
+    "voices": ("digitmatch.data.voices", "synthetic training speakers: digit words from the installed TTS engines"),
     "train": ("digitmatch.model.training", "train the two-branch model and export a versioned SavedModel"),
     "evaluate": ("digitmatch.model.evaluation", "evaluate a SavedModel on held-out pairs"),
     "inspect": ("digitmatch.model.metadata", "print a SavedModel's metadata and serving signature"),

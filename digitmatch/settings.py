@@ -258,7 +258,7 @@ def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], *
         limits = {key: getattr(m, key) for m in info.metadata for key in ("ge", "gt", "le", "lt")
                   if getattr(m, key, None) is not None}
         if isinstance(default, (tuple, list)):  # shown and parsed as the text a user would type
-            default = ",".join(_number(x) for x in default)
+            default = ",".join(x if isinstance(x, str) else _number(x) for x in default)
         add_option(parser, flag, default=default, type=convert, help=help_text, allow_empty=cli.allow_empty,
                    **(limits if bounds else {}), **({"choices": choices} if choices else {}))
 

@@ -7,6 +7,12 @@ early stopping; it is never re-split. Training pairs are drawn fresh from the re
 epoch (improved recipe) or once (seed recipe, as the 2019 notebook did). The test set is touched
 only after training, for the metrics stored in the metadata.
 
+Extra voices (``--extra-voices DIR``, e.g. the synthetic speakers of ``digitmatch voices``) are
+training-only: they are appended after the real recordings are split
+(:func:`digitmatch.data.splits.append_training_only`) and join the fitted part of the train pool
+alone. The validation set that early stopping watches and the test set stay real recordings, drawn
+exactly as without them, so both measure real speech. Without the flag nothing changes.
+
 Outputs under ``--out ROOT``: ``ROOT/<version>/`` (SavedModel + metadata.json) and
 ``ROOT/reports/<version>/`` (metrics.json, history.json, PNG plots).
 """
@@ -86,6 +92,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_data_option(parser)
     add_option(parser, "--out", default=DEFAULT_OUT, type=Path,
                help="model root: the SavedModel goes to ROOT/<version>/, reports to ROOT/reports/<version>/")
+    add_option(parser, "--extra-voices", default=None, type=Path,
+               help="directory of training-only recordings ({digit}_{speaker}_{index}.wav, e.g. written by "
+                    "`digitmatch voices`): added to the fitted pool, never to validation or test (default: none)")
     add_option(parser, "--version", default=None, type=int, ge=1, help="version number (default: next free)")
     add_option(parser, "--speed-factors", default=None, type=speed_factors_type, allow_empty=True,
                help="speed-perturbation factors of training audio, e.g. 0.9,1.1 ('' = none; default: the recipe's)")
@@ -272,21 +281,52 @@ def fixed_batches(pool: Pool, pairs, recipe: Recipe, batch_size: int, match_rati
 # -------------------------------------------------------------------------------------- training
 
 
-def load_split(data_dir: Path, split: str, params: FeatureParams):
-    """(train recordings, test recordings, train images, test images, their MFCC lists)."""
-    from digitmatch.data.fsdd import load_fsdd
-    from digitmatch.data.mnist import load_mnist
-    from digitmatch.data.splits import recording_split, speaker_split
+def split_pool(recs, split: str, extra=None):
+    """(recordings, train-pool idx, test idx, extra idx): ``recs`` split per ``--split``, then the
+    ``extra`` recordings (or none) appended as training-only (the module's docstring)."""
+    from digitmatch.data.splits import append_training_only, recording_split, speaker_split
 
-    recs = load_fsdd(data_dir / "fsdd")
     if split == "recording":
         train_idx, test_idx = recording_split(recs)
     else:
         train_idx, test_idx = speaker_split(recs, split.split(":", 1)[1])
+    if extra is None:
+        return recs, train_idx, test_idx, np.zeros(0, dtype=np.int64)
+    recs, extra_idx = append_training_only(recs, extra)
+    return recs, train_idx, test_idx, extra_idx
+
+
+def fit_and_validation(train_idx: np.ndarray, extra_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fitted recordings, validation recordings): the validation set is drawn from the real train
+    pool alone, as without extra voices; the extra recordings are all fitted."""
+    from digitmatch.data.splits import validation_split
+
+    fit_pos, val_pos = validation_split(len(train_idx), VALIDATION_FRACTION, seed)
+    return np.concatenate([train_idx[fit_pos], extra_idx]), train_idx[val_pos]
+
+
+def extra_voices_summary(directory: Path, extra) -> dict[str, Any]:
+    """What the metadata records of ``--extra-voices``: where, how many speakers and recordings,
+    and the summary of its ``voices.json`` (None when it has none)."""
+    from digitmatch.data.voices import manifest_summary
+
+    return {"dir": str(directory), "speakers": len(set(extra.speakers.tolist())),
+            "recordings": len(extra), "manifest": manifest_summary(directory)}
+
+
+def load_split(data_dir: Path, split: str, params: FeatureParams, extra_voices: Path | None = None):
+    """(recordings, train-pool idx, test idx, extra idx, their MFCC list, train images, test images,
+    extra voices' summary or None)."""
+    from digitmatch.data.fsdd import load_fsdd
+    from digitmatch.data.mnist import load_mnist
+
+    extra = load_fsdd(extra_voices) if extra_voices is not None else None
+    recs, train_idx, test_idx, extra_idx = split_pool(load_fsdd(data_dir / "fsdd"), split, extra)
     train_images = load_mnist(data_dir / "mnist", "train")
     test_images = load_mnist(data_dir / "mnist", "t10k")
     frames = recs.mfcc(params)
-    return recs, train_idx, test_idx, frames, train_images, test_images
+    summary = extra_voices_summary(Path(extra_voices), extra) if extra is not None else None
+    return recs, train_idx, test_idx, extra_idx, frames, train_images, test_images, summary
 
 
 def compile_model(model, recipe: Recipe):
@@ -338,12 +378,15 @@ def train(args) -> Path:
     data_dir = resolve_data_dir(args.data)
     started = time.perf_counter()
 
-    recs, train_idx, test_idx, frames, train_images, test_images = load_split(data_dir, args.split, params)
+    recs, train_idx, test_idx, extra_idx, frames, train_images, test_images, extra_voices = load_split(
+        data_dir, args.split, params, args.extra_voices)
     log.info("data %s: %d train-pool / %d test recordings, %d train / %d test images",
              data_dir, len(train_idx), len(test_idx), len(train_images), len(test_images))
-    fit_pos, val_pos = validation_split(len(train_idx), VALIDATION_FRACTION, args.seed)
+    if extra_voices is not None:
+        log.info("extra voices %s: %d speakers, %d training-only recordings",
+                 extra_voices["dir"], extra_voices["speakers"], extra_voices["recordings"])
+    fit_rec, val_rec = fit_and_validation(train_idx, extra_idx, args.seed)
     img_fit, img_val = validation_split(len(train_images), VALIDATION_FRACTION, args.seed)
-    fit_rec, val_rec = train_idx[fit_pos], train_idx[val_pos]
 
     def pool_of(rec_idx, images):
         return make_pool([frames[k] for k in rec_idx], recs.digits[rec_idx],
@@ -403,6 +446,7 @@ def train(args) -> Path:
             "steps_cap": args.steps,
             "recipe": recipe.__dict__,
             "train_pool": {"recordings": int(len(fit_rec)), "images": int(len(img_fit))},
+            "extra_voices": extra_voices,
             "validation": {"recordings": int(len(val_rec)), "images": int(len(img_val)),
                            "pairs": int(len(val_pairs.label))},
             "test": {"recordings": int(len(test_idx)), "images": int(len(test_images))},
@@ -456,7 +500,8 @@ def run(args) -> int:
     try:
         # The paths are checked before TensorFlow is imported; a --data given must be a
         # directory (the default's absence is reported by the data loaders).
-        problem = path_problem("--out", args.out, "new-dir") or data_problem(args.data)
+        problem = (path_problem("--out", args.out, "new-dir") or data_problem(args.data)
+                   or path_problem("--extra-voices", args.extra_voices, "dir"))
         if problem:
             raise ValueError(problem)
         version_dir = train(args)

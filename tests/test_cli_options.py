@@ -100,8 +100,10 @@ ACCEPTED: dict[tuple[str, str], set[str]] = {
     ("serve", "--metrics-host"): HOST,
     ("broker", "--host"): HOST,
     ("broker", "--advertised-host"): HOST,
+    ("voices", "--seed"): {"0"},
     # paths created when missing
     ("train", "--out"): NEW_DIR,
+    ("voices", "--out"): NEW_DIR,
     ("bench", "--report"): NEW_DIR,
     ("broker", "--broker-log"): NEW_FILE,
     # an existing directory without fsdd/ and mnist/ means the shipped sample (digitmatch/data/sample.py)
@@ -109,6 +111,7 @@ ACCEPTED: dict[tuple[str, str], set[str]] = {
     # their contents are checked by the loaders (a one-line DataError, before anything is served)
     ("evaluate", "--fsdd"): {EMPTY_DIR},
     ("evaluate", "--mnist"): {EMPTY_DIR},
+    ("train", "--extra-voices"): {EMPTY_DIR},
 }
 # A variable of a switch takes 1/0, true/false, yes/no, on/off; empty is off (the default).
 SWITCH_ENV_ACCEPTED = {"", "0"}
@@ -228,6 +231,7 @@ def guarded(monkeypatch, tmp_path):
     import digitmatch.dev.bench.session
     import digitmatch.dev.broker
     import digitmatch.consumer.matcher
+    import digitmatch.data.voices
     import digitmatch.dev.demo
     import digitmatch.kafka.admin
     import digitmatch.model.serving
@@ -244,6 +248,7 @@ def guarded(monkeypatch, tmp_path):
     monkeypatch.setattr(digitmatch.dev.bench.session, "BenchSession", _started)  # bench
     monkeypatch.setattr(digitmatch.dev.broker.EmbeddedBroker, "start", _started)  # broker
     monkeypatch.setattr(digitmatch.model.training, "train", _started)  # train (TensorFlow)
+    monkeypatch.setattr(digitmatch.data.voices, "plan", _started)  # voices: the TTS engines
     monkeypatch.setattr(digitmatch.model.serving.ServingModel, "load", _started)  # evaluate, inspect
     return monkeypatch
 
@@ -315,7 +320,7 @@ from digitmatch import cli
 for argv in (["serve", "--max-batch-size=abc"], ["serve", "--max-delay-ms=nan"], ["train", "--epochs=-1"],
              ["train", "--data=/nonexistent"], ["evaluate", "--model=/nonexistent"], ["inspect", "--model=/nonexistent"],
              ["bench", "--seconds=inf"], ["demo", "--model=/nonexistent"], ["produce", "--rate=-1"],
-             ["broker", "--port=-1"]):
+             ["broker", "--port=-1"], ["voices", "--speakers=0"], ["train", "--extra-voices=/nonexistent"]):
     try:
         code = cli.main(argv)
     except SystemExit as exc:

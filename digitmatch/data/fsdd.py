@@ -103,6 +103,17 @@ class Recordings:
             names=[self.names[i] for i in idx],
         )
 
+    def concat(self, other: "Recordings") -> "Recordings":
+        """These recordings followed by ``other``'s (the positions of these stay as they are)."""
+        return Recordings(
+            digits=np.concatenate([self.digits, other.digits]),
+            speakers=np.concatenate([self.speakers, other.speakers]),
+            indices=np.concatenate([self.indices, other.indices]),
+            audio=self.audio + other.audio,
+            sample_rates=np.concatenate([self.sample_rates, other.sample_rates]),
+            names=self.names + other.names,
+        )
+
     def mfcc(self, params=None) -> list[np.ndarray]:
         """MFCC frames of every recording, via :func:`digitmatch.features.mfcc`."""
         from digitmatch.features import DEFAULT_PARAMS, mfcc

@@ -5,6 +5,10 @@
 * MNIST: the ``train`` file versus the ``t10k`` file (writer-disjoint by MNIST's construction);
   load them with :func:`digitmatch.data.mnist.load_mnist`.
 * :func:`validation_split`: a fixed, seeded split of a training pool (never re-drawn per epoch).
+* :func:`append_training_only`: recordings that may only ever be trained on (the synthetic voices
+  of :mod:`digitmatch.data.voices`) are appended after the real ones once the test split is drawn,
+  so no test split can hold one and every real recording keeps its position; their speakers must
+  not share a name with a real speaker.
 """
 
 from __future__ import annotations
@@ -38,3 +42,11 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * fraction))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def append_training_only(recs, extra) -> tuple:
+    """(``recs`` followed by ``extra``, the positions of ``extra``'s recordings in it)."""
+    shared = sorted(set(recs.speakers.tolist()) & set(extra.speakers.tolist()))
+    if shared:
+        raise ValueError(f"extra recordings reuse the speaker name(s) {', '.join(shared)} of the data set")
+    return recs.concat(extra), np.arange(len(recs), len(recs) + len(extra), dtype=np.int64)

@@ -24,6 +24,7 @@ def test_train_writes_savedmodel_metadata_metrics_and_plots(smoke_model, smoke_m
     assert training["duration_s"] > 0
     assert training["test"] == {"recordings": 250, "images": 8000}
     assert training["validation"]["recordings"] + training["train_pool"]["recordings"] == 2250
+    assert training["extra_voices"] is None  # the default: real recordings only
     for ratio in ("match_0.5", "match_0.1"):
         test = meta["metrics"]["test"][ratio]
         assert test["pairs"] == 200
@@ -114,3 +115,71 @@ def test_speed_perturbation_changes_duration():
     assert lengths[1, 0] == params.num_frames(tone.size)
     assert lengths[0, 0] > lengths[1, 0] > lengths[2, 0]  # slower = longer
     assert abs(lengths[2, 0] - params.num_frames(int(tone.size / 1.25))) <= 1
+
+
+@pytest.fixture(scope="module")
+def synthetic_voices(tmp_path_factory):
+    """Ten espeak-ng recordings of one synthetic speaker: digits 0 and 1, takes 0-4 (the indices
+    FSDD's recording split holds out)."""
+    import itertools
+    import shutil
+
+    from digitmatch.data import voices
+    from digitmatch.data.fsdd import load_fsdd
+
+    if not shutil.which("espeak-ng"):
+        pytest.skip("TTS engine espeak-ng not installed (apt-get install espeak-ng)")
+    out = tmp_path_factory.mktemp("voices")
+    the_plan = voices.plan(["espeak-ng"], speakers=1, takes=5, seed=0)
+    for name, audio in itertools.islice(voices.recordings(the_plan, tmp_path_factory.mktemp("work")), 10):
+        voices.write_wav(out / name, audio)
+    return out, load_fsdd(out)
+
+
+@pytest.mark.parametrize("split", ["recording", "speaker:theo"])
+def test_extra_voices_are_training_only(full_data, synthetic_voices, split):
+    """With synthetic speakers present no test split holds one, the validation set early stopping
+    watches stays real, and every real recording is split exactly as without them."""
+    from digitmatch.data.fsdd import load_fsdd
+    from digitmatch.data.voices import is_synthetic
+    from digitmatch.model.training import fit_and_validation, split_pool
+
+    real = load_fsdd(full_data / "fsdd")
+    _, extra = synthetic_voices
+    assert set(extra.indices.tolist()) == set(range(5))
+    base, train, test, none = split_pool(real, split)
+    both, train_x, test_x, extra_idx = split_pool(real, split, extra)
+    assert none.size == 0 and len(both) == len(real) + len(extra)
+    assert np.array_equal(train, train_x) and np.array_equal(test, test_x)
+    assert both.names[: len(real)] == real.names
+    assert not any(is_synthetic(both.speakers[i]) for i in test_x)
+    assert all(is_synthetic(both.speakers[i]) for i in extra_idx)
+    assert sorted(both.names[i] for i in extra_idx) == sorted(extra.names)
+
+    fit, val = fit_and_validation(train, none, seed=3)
+    fit_x, val_x = fit_and_validation(train_x, extra_idx, seed=3)
+    assert np.array_equal(val, val_x) and np.array_equal(fit_x, np.concatenate([fit, extra_idx]))
+    assert not np.intersect1d(fit_x, test_x).size and not np.intersect1d(val_x, test_x).size
+
+
+def test_extra_voices_never_reuse_a_real_speaker_and_are_not_a_test_speaker(full_data, synthetic_voices):
+    from digitmatch.data.fsdd import load_fsdd
+    from digitmatch.model.training import extra_voices_summary, split_pool
+
+    real = load_fsdd(full_data / "fsdd")
+    out, extra = synthetic_voices
+    with pytest.raises(ValueError, match="theo"):
+        split_pool(real, "recording", real.subset(np.flatnonzero(real.speakers == "theo")))
+    with pytest.raises(ValueError, match="unknown speaker"):
+        split_pool(real, f"speaker:{extra.speakers[0]}", extra)
+    summary = extra_voices_summary(out, extra)
+    assert summary["speakers"] == 1 and summary["recordings"] == 10 and summary["dir"] == str(out)
+    assert summary["manifest"] is None  # written recording by recording here, without voices.json
+
+
+def test_missing_extra_voices_is_a_one_line_error(tmp_path, capsys):
+    from digitmatch.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "m"), "--extra-voices", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("digitmatch train: error: --extra-voices:") and "does not exist" in err
