@@ -15,8 +15,9 @@ Rebalances: :class:`~digitmatch.consumer.rebalance.Rebalance`. The command and i
 
 Threads: the **poll loop** (:meth:`Matcher.run`) owns the join, the batcher, the checkpoint and
 the back-pressure, and runs the rebalance callbacks (inside ``poll``); it never waits for the
-model, so heartbeats and rebalances stay healthy. The **inference** thread scores batches and
-hands their records to the outbox; the producer's thread reports deliveries back through the
+model, so heartbeats and rebalances stay healthy. The **inference** thread scores batches; the
+**verdicts** thread builds the verdicts of the batch scored before and hands their records to the
+outbox (:meth:`Matcher._on_scored`); the producer's thread reports deliveries back through the
 outbox's queue. The **model watcher** and the **HTTP endpoints** run on threads of their own.
 
 ``Matcher(config).start()`` runs the loop on a thread, ``stop()`` shuts it down gracefully (the
@@ -243,7 +244,7 @@ class Matcher:
     # ------------------------------------------------------------------ scored batches
 
     def _on_scored(self, batch: Batch[JoinedPair], _model, scored: list[verdicts.Document]) -> None:
-        """Inference thread: the batch's verdicts to the outbox."""
+        """Verdicts thread: the batch's verdicts to the outbox."""
         topic, mirror, send = self.config.output_topic, self.intake.mirror, self.outbox.send
         for pair, verdict in zip(batch.items, scored):
             send(verdicts.pair_verdict(topic, pair, verdict, mirror))

@@ -2,7 +2,7 @@
 
 Rules:
 
-* :meth:`Outbox.send` may be called from any thread (the inference thread sends verdicts). The
+* :meth:`Outbox.send` may be called from any thread (the verdicts thread sends verdicts). The
   producer's delivery reports come back on its own thread and are queued; :meth:`Outbox.collect`,
   on the poll thread, takes them: an acknowledged record *finishes* the input offsets it carries
   (``on_finished``: only then may they be committed), and its outcome or reason is counted.
@@ -26,7 +26,7 @@ transaction, and:
   must be aborted, after which the input is read again from the committed positions and decided
   again. A dead letter refused as too large is then sent in its smallest form at once;
 * :attr:`Outbox.gate` is held by the commit of a transaction: a record sent meanwhile (the
-  inference thread) waits for the next transaction, so that everything in a committed transaction
+  verdicts thread) waits for the next transaction, so that everything in a committed transaction
   was acknowledged, and finished its input, before the offsets were computed;
 * after an abort, :meth:`restart` forgets what was in flight: reports for records of the aborted
   transaction (delivered or not) finish nothing;

@@ -252,7 +252,8 @@ def test_metrics_endpoint_has_the_contract_series_with_sane_values(scenario):
     # joined pairs only (the pairs and the conflict pair): unpaired verdicts wait the TTL by design
     assert value("digitmatch_end_to_end_seconds_count") == N_PAIRS + 1
     flushes = sum(value("digitmatch_batch_flushes_total", reason=r) for r in ("full", "deadline", "drain"))
-    assert flushes == value("digitmatch_batch_size_count")
+    # (batches cut while the model was busy may be scored in one call: consumer/inference.py)
+    assert flushes >= value("digitmatch_batch_size_count")
     assert value("digitmatch_pending_halves") == 0
     assert value("digitmatch_pending_halves_limit") == scenario["config"].max_pending_halves
     assert value("digitmatch_inference_queue_batches") == 0
