@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = Path(__file__).resolve().parent / "savedmodels" / "digitmatch"
@@ -31,17 +33,40 @@ SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")
 BUDGET = ["--epochs", "8", "--pairs-per-epoch", "15000", "--test-pairs", "5000"]
 
 
-def experiments() -> dict[str, list[str]]:
-    """name -> ``digitmatch train`` arguments, cheapest and most informative first."""
+def experiments(voices: Sequence[Path] = ()) -> dict[str, list[str]]:
+    """name -> ``digitmatch train`` arguments, cheapest and most informative first. ``voices``:
+    directories written by ``digitmatch voices``; the improved network is then also trained with
+    each set of synthetic speakers added (``--extra-voices``), on every split, at the same budget,
+    in runs named after the directory (``improved-<dir name>-speaker-<name>``, ``...-recording``)."""
     runs = {"improved-recording-full": ["--arch", "improved", "--split", "recording", "--seed", "0"]}
     for speaker in SPEAKERS:
         runs[f"improved-speaker-{speaker}"] = [
             "--arch", "improved", "--split", f"speaker:{speaker}", "--seed", "0", *BUDGET]
+    for directory in voices:
+        tag, extra = voices_tag(directory), ["--extra-voices", str(directory)]
+        for speaker in SPEAKERS:
+            runs[f"improved-{tag}-speaker-{speaker}"] = [
+                "--arch", "improved", "--split", f"speaker:{speaker}", "--seed", "0", *BUDGET, *extra]
+        runs[f"improved-{tag}-recording"] = ["--arch", "improved", "--split", "recording", "--seed", "0",
+                                             *BUDGET, *extra]
     for arch in ("improved", "seed"):
         runs[f"{arch}-recording"] = ["--arch", arch, "--split", "recording", "--seed", "0", *BUDGET]
     for speaker in SPEAKERS:
         runs[f"seed-speaker-{speaker}"] = ["--arch", "seed", "--split", f"speaker:{speaker}", "--seed", "0", *BUDGET]
     return runs
+
+
+# The runs trained with a set of synthetic voices: improved-<tag>-speaker-<name> / -recording.
+VOICES_RUN = re.compile(r"improved-(voices[A-Za-z0-9_-]*?)-(?:speaker-[a-z]+|recording)")
+
+
+def voices_tag(directory: Path) -> str:
+    """The runs' name for a voices directory: its name, which must start with ``voices``."""
+    tag = Path(directory).name
+    if not VOICES_RUN.fullmatch(f"improved-{tag}-recording"):
+        raise ValueError(f"a voices directory's name must start with 'voices' and hold only letters, digits, "
+                         f"'-' and '_' (got {tag!r})")
+    return tag
 
 
 def run_root(name: str, runs_dir: Path) -> Path:
@@ -75,6 +100,9 @@ def summary_table(results: dict[str, dict]) -> str:
         "improved, same budget": ("improved-recording", "improved"),
         "improved, shipped (full budget)": ("improved-recording-full", None),
     }
+    tags = sorted({m.group(1) for name in results if (m := VOICES_RUN.fullmatch(name))})
+    for tag in tags:
+        columns[f"improved + synthetic {tag}, same budget"] = (f"improved-{tag}-recording", f"improved-{tag}")
 
     def test(run, ratio, key="balanced_accuracy"):
         return results[run]["test"][f"match_{ratio}"][key]
@@ -108,11 +136,13 @@ def summary_table(results: dict[str, dict]) -> str:
                 cells.append("n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    lines += ["", "| held-out speaker (50/50) | seed: balanced accuracy (spoken digit acc.) | improved: balanced accuracy (spoken digit acc.) |",
-              "|---|---|---|"]
+    archs = {"seed": "seed", "improved": "improved"} | {f"improved-{tag}": f"improved + synthetic {tag}" for tag in tags}
+    lines += ["", "| held-out speaker (50/50) | " + " | ".join(
+        f"{label}: balanced accuracy (spoken digit acc.)" for label in archs.values()) + " |",
+              "|---" * (len(archs) + 1) + "|"]
     for speaker in SPEAKERS:
         cells = []
-        for arch in ("seed", "improved"):
+        for arch in archs:
             m = results.get(f"{arch}-speaker-{speaker}", {}).get("test", {}).get("match_0.5")
             if m is None:
                 cells.append("n/a")
@@ -133,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="page whose experiments-table markers receive the table")
     parser.add_argument("--only", nargs="*", default=None, help="run only these experiment names")
     parser.add_argument("--table-only", action="store_true", help="summarise finished runs, train nothing")
+    parser.add_argument("--extra-voices", type=Path, nargs="*", default=[],
+                        help="directories of synthetic speakers written by `digitmatch voices`: adds the improved "
+                             "network's runs trained with each (improved-<dir name>-*)")
     args = parser.parse_args(argv)
 
     results = {}
     if args.summary.is_file():
         results = json.loads(args.summary.read_text()).get("runs", {})
-    for name, train_args in experiments().items():
+    for name, train_args in experiments(args.extra_voices).items():
         if args.only is not None and name not in args.only:
             continue
         root = run_root(name, args.runs)

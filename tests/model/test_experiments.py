@@ -1,0 +1,56 @@
+"""The experiments behind docs/model.md (model/experiments.py): which runs, and their table."""
+
+from pathlib import Path
+
+from digitmatch.model.experiments import SPEAKERS, experiments, summary_table
+
+
+def _result(balanced, spoken=None, parameters=263_733, seconds=100.0):
+    match = {"balanced_accuracy": balanced, "roc_auc": 0.99, "accuracy": 0.95, "f1": 0.8}
+    if spoken is not None:
+        match["spoken_digit_accuracy"] = spoken
+    return {"test": {"match_0.5": match, "match_0.1": match}, "parameters": parameters, "epochs": 8,
+            "max_epochs": 8, "pairs_per_epoch": 15_000, "fit_duration_s": seconds}
+
+
+def test_synthetic_voices_add_the_improved_runs_with_extra_voices_at_the_same_budget():
+    plain = experiments()
+    assert not any(name.startswith("improved-voices-") for name in plain)
+    runs = experiments([Path("runs/voices")])
+    added = {name: args for name, args in runs.items() if name not in plain}
+    assert set(added) == {f"improved-voices-speaker-{s}" for s in SPEAKERS} | {"improved-voices-recording"}
+    for name, args in added.items():
+        twin = plain[name.replace("improved-voices-", "improved-")]
+        assert args == [*twin, "--extra-voices", "runs/voices"]  # the same run, voices added
+
+
+def test_the_table_gets_a_column_for_the_voices_runs_only_when_there_are_some():
+    results = {"improved-recording": _result(0.95, 0.97)}
+    results |= {f"improved-speaker-{s}": _result(0.80 + 0.02 * i, 0.6) for i, s in enumerate(SPEAKERS)}
+    without = summary_table(results)
+    assert "synthetic voices" not in without
+    assert "| leave-one-speaker-out, 50/50: mean balanced accuracy | n/a | 0.8400 | n/a |" in without
+    results |= {f"improved-voices-speaker-{s}": _result(0.90, 0.8) for s in SPEAKERS[:2]}
+    table = summary_table(results)
+    assert "improved + synthetic voices, same budget" in table
+    assert "| george | n/a | 0.8000 (0.600) | 0.9000 (0.800) |" in table
+    assert "| theo | n/a | 0.8600 (0.600) | n/a |" in table  # that fold not run with voices yet
+    # a mean over folds not all run is not shown
+    assert "| leave-one-speaker-out, 50/50: mean balanced accuracy | n/a | 0.8400 | n/a | n/a |" in table
+
+
+def test_each_voices_set_gets_runs_and_a_column_of_its_own():
+    runs = experiments([Path("runs/voices"), Path("/data/voices-90")])
+    assert runs["improved-voices-90-speaker-theo"][-2:] == ["--extra-voices", "/data/voices-90"]
+    results = {f"improved-{tag}-speaker-{s}": _result(b, 0.7) for tag, b in (("voices", 0.9), ("voices-90", 0.92))
+               for s in SPEAKERS}
+    table = summary_table(results)
+    assert "| leave-one-speaker-out, 50/50: mean balanced accuracy | n/a | n/a | n/a | 0.9000 | 0.9200 |" in table
+    assert "improved + synthetic voices-90: balanced accuracy (spoken digit acc.)" in table
+
+
+def test_a_voices_directory_must_be_named_for_its_runs():
+    import pytest
+
+    with pytest.raises(ValueError, match="must start with 'voices'"):
+        experiments([Path("runs/synthetic")])
