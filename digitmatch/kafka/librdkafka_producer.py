@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Mapping
@@ -25,6 +26,8 @@ from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.exceptions import TransactionsUnavailable
 from digitmatch.kafka.librdkafka import (PRODUCER_POLL_S, _Closed, _check_reachable, _error, _raised, common_config,
                                          native_offsets)
+
+log = logging.getLogger(__name__)
 
 
 class LibrdkafkaProducer:
@@ -53,8 +56,18 @@ class LibrdkafkaProducer:
         self._poller.start()
 
     def _serve_reports(self) -> None:
+        """Delivery reports, until closed. A fatal error (a fenced transactional producer) is
+        raised by ``poll``; it is logged once and the reports still pending go on being served
+        (they fail), so that no sender waits for a report that never comes."""
+        reported = False
         while not self._closed.is_set():
-            self._producer.poll(PRODUCER_POLL_S)
+            try:
+                self._producer.poll(PRODUCER_POLL_S)
+            except confluent_kafka.KafkaException as exc:
+                if not reported:
+                    log.error("producer: %s", exc.args[0].str() if exc.args else exc)
+                    reported = True
+                self._closed.wait(PRODUCER_POLL_S)
 
     def produce(self, record: OutgoingRecord, on_delivery: OnDelivery) -> None:
         """Queue a record; waits while librdkafka's local queue is full. Raises :class:`ClientError`

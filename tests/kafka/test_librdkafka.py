@@ -294,6 +294,8 @@ def test_a_second_producer_of_the_same_transactional_id_fences_the_first(broker)
         with pytest.raises(ClientError) as raised:
             first.commit(10)
         assert raised.value.fatal
+        time.sleep(0.5)
+        assert first._poller.is_alive()  # the fatal error did not end the delivery reports' thread
     finally:
         first.close(1)
         second.close(1)
