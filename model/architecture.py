@@ -7,13 +7,18 @@ Both Keras models take the same inputs:
 * ``image``: uint8 ``(batch, 28, 28)``; cast and rescaled to [0, 1] inside the model.
 
 ``seed`` is the 2019 notebook's network, layer for layer. ``improved`` is this project's default
-(see docs/model.md for the measurements behind each choice).
+(see docs/model.md for the measurements behind each choice). The improved network's audio branch
+comes in two kinds (``AUDIO_BRANCHES``): ``lstm`` (the shipped one) and ``conv-bilstm``, a
+convolutional front end under a bidirectional LSTM.
+
+Every audio branch keeps one rule: a recording's outputs do not depend on how much zero padding
+its batch adds after it (the matcher batches recordings of different lengths).
 """
 
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 N_MFCC = 13
 IMAGE_SIZE = 28
@@ -90,6 +95,30 @@ def improved_audio_branch(mfcc: keras.KerasTensor) -> keras.KerasTensor:
     return layers.Dropout(0.2, name="audio_embedding")(x)
 
 
+def conv_bilstm_audio_branch(mfcc: keras.KerasTensor) -> keras.KerasTensor:
+    """Two Conv1D(64, 5, ReLU) over time -> bidirectional LSTM(64) -> Dense(128) embedding.
+
+    The convolutions see a few neighbouring frames (local spectral change, like delta features,
+    learned). The padding mask is taken from the input frames (a frame of 13 zeros is padding, as
+    for ``Masking``); each convolution's output is zeroed at padding frames, so the next one reads
+    zeros beyond a recording's end whether they are "same" padding or the batch's, and the mask
+    is handed to the LSTM, which skips those frames.
+    """
+    mask = layers.Masking(mask_value=0.0, name="audio_mask").compute_mask(mfcc)
+    keep = ops.expand_dims(ops.cast(mask, "float32"), -1)
+    x = layers.Conv1D(64, 5, padding="same", activation="relu", name="audio_conv1")(mfcc) * keep
+    x = layers.Conv1D(64, 5, padding="same", activation="relu", name="audio_conv2")(x) * keep
+    x = layers.Bidirectional(layers.LSTM(64), name="audio_bilstm")(x, mask=mask)
+    x = layers.BatchNormalization(name="audio_bn")(x)
+    x = layers.Dropout(0.2)(x)
+    x = layers.Dense(128, activation="relu", name="audio_dense")(x)
+    return layers.Dropout(0.2, name="audio_embedding")(x)
+
+
+AUDIO_BRANCH = {"lstm": improved_audio_branch, "conv-bilstm": conv_bilstm_audio_branch}
+AUDIO_BRANCHES = tuple(AUDIO_BRANCH)
+
+
 def improved_image_branch(image: keras.KerasTensor) -> keras.KerasTensor:
     """Two Conv-BN-ReLU-MaxPool blocks -> Flatten (5x5x64) -> Dense(128) embedding."""
     x = _image_to_float(image)
@@ -112,11 +141,11 @@ def digit_head(embedding: keras.KerasTensor, name: str) -> keras.KerasTensor:
     return layers.Dense(NUM_DIGITS, activation="softmax", name=name)(embedding)
 
 
-def build_improved() -> keras.Model:
+def build_improved(audio_branch: str = "lstm") -> keras.Model:
     """Branch embeddings + per-branch digit heads; the match head (Dense(32) -> Dense(1)) sees
     concat(audio_emb, image_emb, p_audio * p_image)."""
     mfcc, image = _inputs()
-    audio = improved_audio_branch(mfcc)
+    audio = AUDIO_BRANCH[audio_branch](mfcc)
     written = improved_image_branch(image)
     p_audio = digit_head(audio, "spoken_digit_probs")
     p_image = digit_head(written, "written_digit_probs")
@@ -131,11 +160,16 @@ def build_improved() -> keras.Model:
     )
 
 
-def build(arch: str) -> keras.Model:
+def build(arch: str, audio_branch: str = "lstm") -> keras.Model:
+    """The ``arch`` network; ``audio_branch`` picks the improved network's (the seed has one)."""
+    if audio_branch not in AUDIO_BRANCHES:
+        raise ValueError(f"unknown audio branch {audio_branch!r}; choose from {', '.join(AUDIO_BRANCHES)}")
     if arch == "seed":
+        if audio_branch != "lstm":
+            raise ValueError("the seed network has only its own LSTM audio branch")
         return build_seed()
     if arch == "improved":
-        return build_improved()
+        return build_improved(audio_branch)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
 
 

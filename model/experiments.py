@@ -33,22 +33,51 @@ SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")
 BUDGET = ["--epochs", "8", "--pairs-per-epoch", "15000", "--test-pairs", "5000"]
 
 
-def experiments(voices: Sequence[Path] = ()) -> dict[str, list[str]]:
-    """name -> ``digitmatch train`` arguments, cheapest and most informative first. ``voices``:
-    directories written by ``digitmatch voices``; the improved network is then also trained with
-    each set of synthetic speakers added (``--extra-voices``), on every split, at the same budget,
-    in runs named after the directory (``improved-<dir name>-speaker-<name>``, ``...-recording``)."""
+# Changes to the improved recipe, measured at the same budget on every split (docs/model.md,
+# "Ablation"): name -> the `digitmatch train` flags that make the change.
+# Several at once: their names joined by "+" (e.g. conv-bilstm+affine-images).
+INGREDIENTS = {
+    "conv-bilstm": ["--audio-branch", "conv-bilstm"],
+    "affine-images": ["--image-augment", "affine"],
+    "no-speed": ["--speed-factors", ""],
+}
+
+
+def ingredient_flags(spec: str) -> list[str]:
+    """The ``digitmatch train`` flags of ``spec``: an ingredient's name, or several joined by ``+``."""
+    flags = []
+    for name in spec.split("+"):
+        if name not in INGREDIENTS:
+            raise ValueError(f"unknown ingredient {name!r}; choose from {', '.join(INGREDIENTS)} "
+                             "(several joined by '+')")
+        flags += INGREDIENTS[name]
+    return flags
+
+
+def experiments(voices: Sequence[Path] = (), ingredients: Sequence[str] = ()) -> dict[str, list[str]]:
+    """name -> ``digitmatch train`` arguments, cheapest and most informative first.
+
+    ``voices``: directories written by ``digitmatch voices``; ``ingredients``: names from
+    :data:`INGREDIENTS`. The improved network is then also trained, on every split at the same
+    budget, with each voices set added (``--extra-voices``), with each ingredient, and with each
+    ingredient and each voices set together: runs ``improved-<variant>-speaker-<name>`` and
+    ``improved-<variant>-recording``, the variant being ``<voices dir name>``, ``<ingredient>`` or
+    ``<voices dir name>-<ingredient>`` (an ingredient may be several joined by ``+``:
+    :func:`ingredient_flags`)."""
+    variants = {voices_tag(d): ["--extra-voices", str(d)] for d in voices}
+    variants |= {name: ingredient_flags(name) for name in ingredients}
+    variants |= {f"{voices_tag(d)}-{name}": ["--extra-voices", str(d), *ingredient_flags(name)]
+                 for d in voices for name in ingredients}
     runs = {"improved-recording-full": ["--arch", "improved", "--split", "recording", "--seed", "0"]}
     for speaker in SPEAKERS:
         runs[f"improved-speaker-{speaker}"] = [
             "--arch", "improved", "--split", f"speaker:{speaker}", "--seed", "0", *BUDGET]
-    for directory in voices:
-        tag, extra = voices_tag(directory), ["--extra-voices", str(directory)]
+    for variant, extra in variants.items():
         for speaker in SPEAKERS:
-            runs[f"improved-{tag}-speaker-{speaker}"] = [
+            runs[f"improved-{variant}-speaker-{speaker}"] = [
                 "--arch", "improved", "--split", f"speaker:{speaker}", "--seed", "0", *BUDGET, *extra]
-        runs[f"improved-{tag}-recording"] = ["--arch", "improved", "--split", "recording", "--seed", "0",
-                                             *BUDGET, *extra]
+        runs[f"improved-{variant}-recording"] = ["--arch", "improved", "--split", "recording", "--seed", "0",
+                                                 *BUDGET, *extra]
     for arch in ("improved", "seed"):
         runs[f"{arch}-recording"] = ["--arch", arch, "--split", "recording", "--seed", "0", *BUDGET]
     for speaker in SPEAKERS:
@@ -56,17 +85,30 @@ def experiments(voices: Sequence[Path] = ()) -> dict[str, list[str]]:
     return runs
 
 
-# The runs trained with a set of synthetic voices: improved-<tag>-speaker-<name> / -recording.
-VOICES_RUN = re.compile(r"improved-(voices[A-Za-z0-9_-]*?)-(?:speaker-[a-z]+|recording)")
+# The improved network's runs of a variant (voices, ingredients): improved-<variant>-speaker-<name> / -recording.
+VARIANT_RUN = re.compile(r"improved-([A-Za-z0-9_+-]+?)-(?:speaker-[a-z]+|recording)")
 
 
 def voices_tag(directory: Path) -> str:
     """The runs' name for a voices directory: its name, which must start with ``voices``."""
     tag = Path(directory).name
-    if not VOICES_RUN.fullmatch(f"improved-{tag}-recording"):
+    if not re.fullmatch(r"voices[A-Za-z0-9_-]*", tag):
         raise ValueError(f"a voices directory's name must start with 'voices' and hold only letters, digits, "
                          f"'-' and '_' (got {tag!r})")
     return tag
+
+
+def variant_label(variant: str) -> str:
+    """How the tables name a variant: ``synthetic <voices>`` and the ingredients, joined by `` + ``."""
+    names = variant.split("+")
+    first, voices = names[0], None
+    for name in sorted(INGREDIENTS, key=len, reverse=True):
+        if first != name and first.endswith(f"-{name}"):
+            voices, names[0] = first[:-len(name) - 1], name
+            break
+    if first not in INGREDIENTS and voices is None:
+        return f"synthetic {variant}"
+    return " + ".join(([f"synthetic {voices}"] if voices else []) + names)
 
 
 def run_root(name: str, runs_dir: Path) -> Path:
@@ -92,6 +134,37 @@ def run_one(name: str, train_args: list[str], runs_dir: Path, data: str | None) 
     return result
 
 
+def variants_of(results: dict[str, dict]) -> list[str]:
+    """The variants among ``results``' run names, sorted."""
+    return sorted({m.group(1) for name in results if (m := VARIANT_RUN.fullmatch(name))})
+
+
+def ablation_table(results: dict[str, dict]) -> str:
+    """Markdown: each variant's leave-one-speaker-out figures beside the improved recipe's, and the
+    change in the mean (only variants with every fold run)."""
+    def folds(arch):
+        runs = [results.get(f"{arch}-speaker-{s}", {}).get("test", {}).get("match_0.5") for s in SPEAKERS]
+        return None if None in runs else runs
+
+    base = folds("improved")
+    lines = ["| improved recipe, same budget | LOSO mean balanced accuracy | change | worst fold | "
+             "mean spoken-digit accuracy | recording split, 50/50 |", "|---|---|---|---|---|---|"]
+    for variant in ["", *variants_of(results)]:
+        arch = f"improved-{variant}" if variant else "improved"
+        runs = folds(arch)
+        if runs is None:
+            continue
+        mean = sum(r["balanced_accuracy"] for r in runs) / len(runs)
+        change = f"{mean - sum(r['balanced_accuracy'] for r in base) / len(base):+.4f}" if base and variant else "-"
+        recording = results.get(f"{arch}-recording", {}).get("test", {}).get("match_0.5")
+        spoken = sum(r.get("spoken_digit_accuracy", float("nan")) for r in runs) / len(runs)
+        label = f"+ {variant_label(variant)}" if variant else "the shipped recipe, unchanged"
+        cells = [f"{mean:.4f}", change, f"{min(r['balanced_accuracy'] for r in runs):.4f}", f"{spoken:.3f}",
+                 f"{recording['balanced_accuracy']:.4f}" if recording else "n/a"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summary_table(results: dict[str, dict]) -> str:
     """Markdown: seed and improved at the same budget, and the shipped (full-budget) model; the
     recording split at 50/50 and 10 % matches, leave-one-speaker-out mean/worst, then per fold."""
@@ -100,9 +173,9 @@ def summary_table(results: dict[str, dict]) -> str:
         "improved, same budget": ("improved-recording", "improved"),
         "improved, shipped (full budget)": ("improved-recording-full", None),
     }
-    tags = sorted({m.group(1) for name in results if (m := VOICES_RUN.fullmatch(name))})
+    tags = variants_of(results)
     for tag in tags:
-        columns[f"improved + synthetic {tag}, same budget"] = (f"improved-{tag}-recording", f"improved-{tag}")
+        columns[f"improved + {variant_label(tag)}, same budget"] = (f"improved-{tag}-recording", f"improved-{tag}")
 
     def test(run, ratio, key="balanced_accuracy"):
         return results[run]["test"][f"match_{ratio}"][key]
@@ -136,7 +209,8 @@ def summary_table(results: dict[str, dict]) -> str:
                 cells.append("n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    archs = {"seed": "seed", "improved": "improved"} | {f"improved-{tag}": f"improved + synthetic {tag}" for tag in tags}
+    archs = {"seed": "seed", "improved": "improved"} | {f"improved-{tag}": f"improved + {variant_label(tag)}"
+                                                        for tag in tags}
     lines += ["", "| held-out speaker (50/50) | " + " | ".join(
         f"{label}: balanced accuracy (spoken digit acc.)" for label in archs.values()) + " |",
               "|---" * (len(archs) + 1) + "|"]
@@ -161,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", type=Path, default=REPO / "docs" / "model-experiments.json")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "model.md",
                         help="page whose experiments-table markers receive the table")
+    parser.add_argument("--ingredients", nargs="*", default=[],
+                        help=f"changes to the improved recipe ({', '.join(INGREDIENTS)}; several at once joined by "
+                             "'+'): adds the improved network's runs with each (improved-<ingredient>-*), and with "
+                             "each voices set too")
     parser.add_argument("--only", nargs="*", default=None, help="run only these experiment names")
     parser.add_argument("--table-only", action="store_true", help="summarise finished runs, train nothing")
     parser.add_argument("--extra-voices", type=Path, nargs="*", default=[],
@@ -171,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if args.summary.is_file():
         results = json.loads(args.summary.read_text()).get("runs", {})
-    for name, train_args in experiments(args.extra_voices).items():
+    try:
+        runs = experiments(args.extra_voices, args.ingredients)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for name, train_args in runs.items():
         if args.only is not None and name not in args.only:
             continue
         root = run_root(name, args.runs)
@@ -180,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results[name] = run_one(name, train_args, args.runs, args.data)
         args.summary.write_text(json.dumps({"runs": results}, indent=2) + "\n")
-    table = summary_table(results)
+    table = summary_table(results) + "\n\n" + ablation_table(results)
     print(table)
     write_table(table, args.doc)
     return 0

@@ -47,12 +47,14 @@ class Recipe:
     """How an architecture is trained (the seed keeps the notebook's recipe)."""
 
     fresh_pairs: bool  # new random pairing of the train pool every epoch
-    augment: bool  # SpecAugment-style MFCC masking/shift + small image shifts
+    augment: bool  # SpecAugment-style MFCC masking/shift + image augmentation (image_augment)
     class_weighted: bool  # weight matches and non-matches to equal total weight
     digit_loss_weight: float  # weight of each auxiliary digit-head loss (0 = no heads)
     fixed_frames: int | None  # pad/truncate MFCC to this many frames (None = variable)
     learning_rate: float = 1e-3
     speed_factors: tuple[float, ...] = ()  # speed perturbation of training audio (0.9 = slower)
+    audio_branch: str = "lstm"  # the improved network's audio branch (model/architecture.py)
+    image_augment: str = "shift"  # "shift": shifts of <= 2 px; "affine": + rotation, scale and shear
 
 
 RECIPES = {
@@ -78,8 +80,19 @@ def speed_factors_type(text: str) -> tuple[float, ...]:
     return factors
 
 
+IMAGE_AUGMENTS = ("shift", "affine")
+# model/architecture.py's AUDIO_BRANCHES (not imported: it would import Keras to parse the flags).
+AUDIO_BRANCHES = ("lstm", "conv-bilstm")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--arch", default="improved", choices=["improved", "seed"], help="network")
+    add_option(parser, "--audio-branch", default=None, choices=list(AUDIO_BRANCHES),
+               help="the improved network's audio branch: lstm (Masking -> LSTM) or conv-bilstm (two Conv1D "
+                    "-> bidirectional LSTM) (default: the recipe's, lstm)")
+    add_option(parser, "--image-augment", default=None, choices=list(IMAGE_AUGMENTS),
+               help="training-image augmentation: shift (<= 2 px) or affine (shift, rotation <= 12 degrees, "
+                    "scale +-10 %%, shear <= 0.15) (default: the recipe's, shift)")
     add_option(parser, "--split", default="recording", type=split_type,
                help="held-out test set: 'recording' (FSDD index 0-4) or 'speaker:<name>'")
     add_option(parser, "--epochs", default=20, type=int, ge=1, help="maximum epochs (early stopping on validation loss)")
@@ -186,6 +199,38 @@ def augment_images(images: np.ndarray, rng: np.random.Generator, max_shift: int 
     return out
 
 
+def augment_images_affine(images: np.ndarray, rng: np.random.Generator, max_degrees: float = 12.0,
+                          max_scale: float = 0.1, max_shear: float = 0.15, max_shift: float = 2.0) -> np.ndarray:
+    """Each image rotated, scaled, sheared and shifted at random about its centre (the usual MNIST
+    augmentation: a writer's slant, size and place on the page), resampled bilinearly; what comes
+    from outside the image is background (0)."""
+    n = len(images)
+    angle = np.deg2rad(rng.uniform(-max_degrees, max_degrees, n))
+    scale = rng.uniform(1 - max_scale, 1 + max_scale, n)
+    shear = rng.uniform(-max_shear, max_shear, n)
+    shift = rng.uniform(-max_shift, max_shift, (n, 2))
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    # The inverse map, output (y, x) -> input (y, x): rotation and scale, then shear along x.
+    inverse = np.stack([np.stack([cos, sin], -1), np.stack([-sin + shear * cos, cos + shear * sin], -1)], 1)
+    size = images.shape[1]
+    centre = (size - 1) / 2
+    ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    grid = np.stack([ys.ravel(), xs.ravel()], 0) - centre  # (2, size*size)
+    source = inverse @ grid + centre - shift[:, :, None]  # (n, 2, size*size)
+    y0, x0 = np.floor(source[:, 0]).astype(np.int64), np.floor(source[:, 1]).astype(np.int64)
+    fy, fx = source[:, 0] - y0, source[:, 1] - x0
+    padded = np.pad(images.astype(np.float32), ((0, 0), (1, 1), (1, 1)))  # background around
+    rows = np.arange(n)[:, None]
+
+    def at(y, x):
+        inside = (y >= -1) & (y <= size) & (x >= -1) & (x <= size)
+        return np.where(inside, padded[rows, np.clip(y + 1, 0, size + 1), np.clip(x + 1, 0, size + 1)], 0.0)
+
+    out = ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1)
+           + fy * (1 - fx) * at(y0 + 1, x0) + fy * fx * at(y0 + 1, x0 + 1))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(images.shape)
+
+
 def class_weights(match_ratio: float) -> tuple[float, float]:
     """(non-match weight, match weight) giving both classes the same total weight."""
     return 0.5 / (1.0 - match_ratio), 0.5 / match_ratio
@@ -213,7 +258,7 @@ def make_batches(pool: Pool, pairs, recipe: Recipe, batch_size: int, match_ratio
             lengths[rows] = pool.speed_lengths[variant[rows] - 1, a[rows]]
         if rng is not None:
             mfcc = augment_mfcc(mfcc, lengths, rng)
-            images = augment_images(images, rng)
+            images = (augment_images_affine if recipe.image_augment == "affine" else augment_images)(images, rng)
         if recipe.fixed_frames and mfcc.shape[1] < recipe.fixed_frames:
             mfcc = np.pad(mfcc, ((0, 0), (0, recipe.fixed_frames - mfcc.shape[1]), (0, 0)))
         x = {"mfcc": mfcc, "image": images}
@@ -374,6 +419,10 @@ def train(args) -> Path:
     recipe = RECIPES[args.arch]
     if args.speed_factors is not None:
         recipe = dataclasses.replace(recipe, speed_factors=args.speed_factors)
+    if args.audio_branch is not None:
+        recipe = dataclasses.replace(recipe, audio_branch=args.audio_branch)
+    if args.image_augment is not None:
+        recipe = dataclasses.replace(recipe, image_augment=args.image_augment)
     params = DEFAULT_PARAMS
     data_dir = resolve_data_dir(args.data)
     started = time.perf_counter()
@@ -400,7 +449,7 @@ def train(args) -> Path:
                  recipe.speed_factors, len(recipe.speed_factors))
     val_pool = pool_of(val_rec, train_images.subset(img_val))
 
-    model = architecture.build(args.arch)
+    model = architecture.build(args.arch, recipe.audio_branch)
     with_heads = architecture.has_digit_heads(model)
     compile_model(model, recipe)
     log.info("%s network: %d parameters", args.arch, model.count_params())

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from digitmatch.model.experiments import SPEAKERS, experiments, summary_table
+from digitmatch.model.experiments import SPEAKERS, ablation_table, experiments, summary_table, variant_label
 
 
 def _result(balanced, spoken=None, parameters=263_733, seconds=100.0):
@@ -54,3 +54,33 @@ def test_a_voices_directory_must_be_named_for_its_runs():
 
     with pytest.raises(ValueError, match="must start with 'voices'"):
         experiments([Path("runs/synthetic")])
+
+
+def test_ingredients_add_runs_alone_together_and_with_each_voices_set():
+    plain = experiments()
+    runs = experiments([Path("runs/voices")], ["conv-bilstm", "conv-bilstm+affine-images"])
+    assert runs["improved-conv-bilstm-speaker-theo"] == [*plain["improved-speaker-theo"], "--audio-branch", "conv-bilstm"]
+    assert runs["improved-conv-bilstm+affine-images-recording"] == [
+        *plain["improved-recording"], "--audio-branch", "conv-bilstm", "--image-augment", "affine"]
+    assert runs["improved-voices-conv-bilstm-speaker-nicolas"] == [
+        *plain["improved-speaker-nicolas"], "--extra-voices", "runs/voices", "--audio-branch", "conv-bilstm"]
+    assert variant_label("voices-conv-bilstm+affine-images") == "synthetic voices + conv-bilstm + affine-images"
+    assert variant_label("voices-90") == "synthetic voices-90"
+
+
+def test_an_unknown_ingredient_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown ingredient 'bigger'"):
+        experiments([], ["conv-bilstm+bigger"])
+
+
+def test_the_ablation_table_shows_each_variant_against_the_recipe():
+    results = {f"improved-speaker-{s}": _result(0.80, 0.6) for s in SPEAKERS}
+    results |= {f"improved-conv-bilstm-speaker-{s}": _result(0.85, 0.7) for s in SPEAKERS}
+    results |= {f"improved-voices-speaker-{s}": _result(0.9, 0.8) for s in SPEAKERS[:3]}  # not every fold
+    results["improved-conv-bilstm-recording"] = _result(0.97)
+    table = ablation_table(results)
+    assert "| the shipped recipe, unchanged | 0.8000 | - | 0.8000 | 0.600 | n/a |" in table
+    assert "| + conv-bilstm | 0.8500 | +0.0500 | 0.8500 | 0.700 | 0.9700 |" in table
+    assert "voices" not in table

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from digitmatch.features import FeatureParams
-from digitmatch.model.training import augment_images, augment_mfcc, class_weights, make_pool
+from digitmatch.model.training import augment_images, augment_images_affine, augment_mfcc, class_weights, make_pool
 
 
 def test_train_writes_savedmodel_metadata_metrics_and_plots(smoke_model, smoke_metadata):
@@ -91,6 +91,24 @@ def test_augmentation_keeps_shapes_and_padding():
     image[:, 10:18, 10:18] = 255
     shifted = augment_images(image, rng)
     assert shifted.shape == image.shape and shifted.sum() == image.sum()
+
+
+def test_affine_image_augmentation_moves_the_digit_and_nothing_else():
+    image = np.zeros((64, 28, 28), np.uint8)
+    image[:, 8:20, 12:16] = 255  # an upright bar
+    rng = np.random.default_rng(0)
+    out = augment_images_affine(image, rng)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not out[:, :2].any() and not out[:, -2:].any()  # the border stays background
+    ink = out.astype(float).sum(axis=(1, 2)) / image[0].astype(float).sum()
+    assert np.all((ink > 0.7) & (ink < 1.35))  # scaled by at most 10 % each way: area within ~21 %
+    assert len({out[i].tobytes() for i in range(64)}) == 64  # each image its own transform
+    # no transform: the image itself; the same seed: the same images
+    np.testing.assert_array_equal(augment_images_affine(image[:2], rng, 0, 0, 0, 0), image[:2])
+    np.testing.assert_array_equal(augment_images_affine(image, np.random.default_rng(0)), out)
+    # a rotation by up to 12 degrees tilts the bar: its ink's columns spread, never by more than the tilt allows
+    columns = (out > 127).any(axis=1).sum(axis=1)
+    assert columns.max() > 4 and columns.max() <= 4 + 12 * np.tan(np.deg2rad(12) + 0.15) * 1.1 + 4 + 2
 
 
 def test_class_weights_balance_the_classes():
