@@ -34,7 +34,7 @@ BUDGET = ["--epochs", "8", "--pairs-per-epoch", "15000", "--test-pairs", "5000"]
 
 
 # Changes to the improved recipe, measured at the same budget on every split (docs/model.md,
-# "Ablation"): name -> the `digitmatch train` flags that make the change.
+# "Recipe ingredients under test"): name -> the `digitmatch train` flags that make the change.
 # Several at once: their names joined by "+" (e.g. conv-bilstm+affine-images).
 INGREDIENTS = {
     "conv-bilstm": ["--audio-branch", "conv-bilstm"],

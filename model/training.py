@@ -416,13 +416,8 @@ def train(args) -> Path:
 
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
-    recipe = RECIPES[args.arch]
-    if args.speed_factors is not None:
-        recipe = dataclasses.replace(recipe, speed_factors=args.speed_factors)
-    if args.audio_branch is not None:
-        recipe = dataclasses.replace(recipe, audio_branch=args.audio_branch)
-    if args.image_augment is not None:
-        recipe = dataclasses.replace(recipe, image_augment=args.image_augment)
+    overrides = {field: getattr(args, field) for field in ("speed_factors", "audio_branch", "image_augment")}
+    recipe = dataclasses.replace(RECIPES[args.arch], **{k: v for k, v in overrides.items() if v is not None})
     params = DEFAULT_PARAMS
     data_dir = resolve_data_dir(args.data)
     started = time.perf_counter()
