@@ -8,8 +8,8 @@ import time
 from typing import Mapping
 
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponential
+from kafka.errors import KafkaError, NodeNotReadyError, TopicAlreadyExistsError, UnknownBrokerIdError, for_code
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_fixed
 
 from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.exceptions import BrokerUnavailable, TopicSetupError
@@ -115,9 +115,17 @@ def ensure_topics(
                 name: {"num_partitions": n, "replication_factor": replication, "configs": dict(configs or {})}
                 for name, n in missing.items()
             }
-            response = admin.create_topics(
-                request, timeout_ms=int(timeout_s * 1000), raise_errors=False, wait_for_metadata=True
-            )
+            # A cluster's node answering the client may not list the controller yet (it has just
+            # started or moved): asked again, with fresh metadata, until it does, within timeout_s.
+            for attempt in Retrying(retry=retry_if_exception_type((UnknownBrokerIdError, NodeNotReadyError)),
+                                    stop=stop_after_delay(timeout_s), wait=wait_fixed(0.2), reraise=True):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        admin.close()
+                        admin = _admin(conn, timeout_s)
+                    response = admin.create_topics(
+                        request, timeout_ms=int(timeout_s * 1000), raise_errors=False, wait_for_metadata=True
+                    )
             for result in response["topics"]:
                 error = for_code(result["error_code"])
                 if result["error_code"] and error is not TopicAlreadyExistsError:

@@ -42,6 +42,26 @@ def test_concurrent_creation_of_the_same_topics_succeeds(broker):
     assert errors == [] and results == [{"race-1": 2, "race-2": 2}] * 4
 
 
+def test_a_controller_not_in_the_metadata_yet_is_asked_again(broker, monkeypatch):
+    # A node of a cluster that has just started may name a controller its metadata does not list
+    # yet (seen in CI on a 3-node Apache Kafka cluster): kafka-python then raises
+    # UnknownBrokerIdError, and the creation is tried again with a fresh client.
+    from kafka import KafkaAdminClient
+    from kafka.errors import UnknownBrokerIdError
+
+    real, calls = KafkaAdminClient.create_topics, []
+
+    def create_topics(self, *args, **kwargs):
+        calls.append(self)
+        if len(calls) == 1:
+            raise UnknownBrokerIdError(2)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaAdminClient, "create_topics", create_topics)
+    assert ensure_topics(broker.connection, {"admin-late-controller": 2}) == {"admin-late-controller": 2}
+    assert len(calls) == 2 and calls[0] is not calls[1]
+
+
 def test_wait_for_broker_gives_up_with_the_address():
     conn = KafkaConnection(bootstrap_servers=f"127.0.0.1:{free_port()}")
     with pytest.raises(BrokerUnavailable, match=conn.bootstrap_servers):
