@@ -244,10 +244,10 @@ class Matcher:
     # ------------------------------------------------------------------ scored batches
 
     def _on_scored(self, batch: Batch[JoinedPair], _model, scored: list[verdicts.Document]) -> None:
-        """Verdicts thread: the batch's verdicts to the outbox."""
-        topic, mirror, send = self.config.output_topic, self.intake.mirror, self.outbox.send
-        for pair, verdict in zip(batch.items, scored):
-            send(verdicts.pair_verdict(topic, pair, verdict, mirror))
+        """Verdicts thread: the batch's verdicts to the outbox, in one call."""
+        topic, mirror = self.config.output_topic, self.intake.mirror
+        self.outbox.send_all([verdicts.pair_verdict(topic, pair, verdict, mirror)
+                              for pair, verdict in zip(batch.items, scored)])
 
     # ------------------------------------------------------------------ around the loop
 

@@ -2,10 +2,13 @@
 
 Rules:
 
-* :meth:`Outbox.send` may be called from any thread (the verdicts thread sends verdicts). The
-  producer's delivery reports come back on its own thread and are queued; :meth:`Outbox.collect`,
-  on the poll thread, takes them: an acknowledged record *finishes* the input offsets it carries
-  (``on_finished``: only then may they be committed), and its outcome or reason is counted.
+* :meth:`Outbox.send` and :meth:`Outbox.send_all` may be called from any thread (the verdicts
+  thread sends a scored batch's verdicts in one ``send_all``). The records of one call go to the
+  producer in one ``produce_many`` and come back as one report, once the producer has reported each
+  of them (on its own thread); :meth:`Outbox.collect`, on the poll thread, takes the reports: each
+  acknowledged record *finishes* the input offsets it carries (``on_finished``, once per report:
+  only then may they be committed), and its outcome or reason is counted; each failed one is
+  handled on its own, by the rules below.
 * A failed delivery is sent again after ``retry_delay_s``, for as long as one of its input
   partitions is still this matcher's (``still_ours``); otherwise it is let go: its input is
   uncommitted and the partition's next owner decides it again.
@@ -91,7 +94,7 @@ class Outbox:
         self.reset_interval_s = reset_interval_s
         self.log_interval_s = log_interval_s
         self._clock = clock
-        self._reports: queue.SimpleQueue[tuple[Outgoing, ClientError | None]] = queue.SimpleQueue()
+        self._reports: queue.SimpleQueue[_Sent] = queue.SimpleQueue()
         self._retries: deque[tuple[float, Outgoing]] = deque()
         self._failures = 0  # failed deliveries since the last acknowledged one
         self._next_reset = 0.0
@@ -104,16 +107,28 @@ class Outbox:
 
     def send(self, outgoing: Outgoing) -> None:
         """Any thread. The acknowledgement (or failure) is taken by :meth:`collect`."""
+        self.send_all([outgoing])
+
+    def send_all(self, items: list[Outgoing]) -> None:
+        """Any thread: ``items`` in one call of the producer, reported together (module docstring)."""
+        if not items:
+            return
         with self.gate:
-            if self._shrink and outgoing.kind == "dead_letter" and self._shrink.intersection(outgoing.offsets):
-                self._shrink.difference_update(outgoing.offsets)
-                self._shrink_record(outgoing)
-            outgoing.epoch = self._epoch
-            self.produced += 1
+            if self._shrink:
+                for outgoing in items:
+                    if outgoing.kind == "dead_letter" and self._shrink.intersection(outgoing.offsets):
+                        self._shrink.difference_update(outgoing.offsets)
+                        self._shrink_record(outgoing)
+            epoch = self._epoch
+            for outgoing in items:
+                outgoing.epoch = epoch
+            self.produced += len(items)
+            sent = _Sent(items, epoch, self._reports.put)
             try:
-                self.producer.produce(outgoing.record, lambda error, _offset: self._reports.put((outgoing, error)))
-            except ClientError as exc:
-                self._reports.put((outgoing, exc))
+                self.producer.produce_many([outgoing.record for outgoing in items], sent.reported)
+            except ClientError as exc:  # not the interface's way (each record is reported), but kept safe
+                for index in range(len(items)):
+                    sent.reported(index, exc, None)
 
     def restart(self) -> None:
         """Exactly once, after an abort: nothing sent so far finishes anything any more."""
@@ -132,22 +147,28 @@ class Outbox:
         dead: Counter[str] = Counter()
         while True:
             try:
-                outgoing, error = self._reports.get_nowait()
+                sent = self._reports.get_nowait()
             except queue.Empty:
                 break
-            if outgoing.epoch != self._epoch:
+            if sent.epoch != self._epoch:
                 continue  # of an aborted transaction: its input is read again
-            if error is None:
-                self._failures = 0
-                self._on_finished(outgoing.offsets)
-                if outgoing.kind == "verdict":
-                    verdicts[outgoing.label] += 1
-                    if outgoing.correct is not None:
-                        checked[outgoing.correct] += 1
+            finished: Offsets = []
+            errors = sent.errors
+            for index, outgoing in enumerate(sent.items):
+                error = errors.get(index) if errors else None
+                if error is None:
+                    self._failures = 0
+                    finished.extend(outgoing.offsets)
+                    if outgoing.kind == "verdict":
+                        verdicts[outgoing.label] += 1
+                        if outgoing.correct is not None:
+                            checked[outgoing.correct] += 1
+                    else:
+                        dead[outgoing.label] += 1
                 else:
-                    dead[outgoing.label] += 1
-            else:
-                self._failed(outgoing, error)
+                    self._failed(outgoing, error)
+            if finished:
+                self._on_finished(finished)
         # Counted per label, then added once per call: a labelled increment per delivery was a
         # tenth of the poll loop's time.
         m = self.metrics
@@ -249,6 +270,35 @@ class Outbox:
         self._failures = 0
         # Closing flushes, which waits for the old producer to fail what it still holds: not here.
         threading.Thread(target=_close_quietly, args=(old,), name="producer-close", daemon=True).start()
+
+
+class _Sent:
+    """The records of one :meth:`Outbox.send_all`, put on the outbox's queue once the producer has
+    reported each of them (reports may come on two threads: the producer's, and one that flushes).
+    A second report of the same record is ignored."""
+
+    __slots__ = ("items", "epoch", "errors", "_left", "_lock", "_done")
+
+    def __init__(self, items: list[Outgoing], epoch: int, done: Callable[["_Sent"], None]):
+        self.items = items
+        self.epoch = epoch
+        self.errors: dict[int, ClientError] | None = None  # by index, the records that failed
+        self._left = set(range(len(items)))
+        self._lock = threading.Lock()
+        self._done = done
+
+    def reported(self, index: int, error: ClientError | None, _offset: int | None) -> None:
+        with self._lock:
+            if index not in self._left:
+                return
+            self._left.discard(index)
+            if error is not None:
+                if self.errors is None:
+                    self.errors = {}
+                self.errors[index] = error
+            complete = not self._left
+        if complete:
+            self._done(self)
 
 
 def _close_quietly(producer: Producer, timeout_s: float = 10.0) -> None:

@@ -9,7 +9,10 @@ terms, and nothing of either library's API.
   the partitions they are given) and before a revocation takes effect (so they may still commit).
 * A :class:`Producer`: ``produce`` queues a record and calls ``on_delivery(None, offset)`` once the
   broker has it (at ``offset`` of its partition), or ``on_delivery(error, None)``; the callbacks
-  come on a thread of the client's.
+  come on a thread of the client's. ``produce_many`` queues several in one call (the verdicts of a
+  batch) and reports each by its index, ``on_delivery(index, error, offset)``, exactly once: a
+  record that could not be queued is reported too (with the error), so the call itself never raises.
+  :func:`produce_each` is ``produce_many`` made of ``produce`` calls, for clients without a faster way.
 * A :class:`TransactionalProducer` (exactly-once, KIP-447): a :class:`Producer` whose records go
   into the open transaction; ``send_offsets`` adds the consumer's offsets (with their metadata) to
   it, fenced by the consumer group's generation (:meth:`Consumer.group_metadata`); ``commit`` makes
@@ -26,6 +29,7 @@ tests also run it on an in-memory fake (``tests/consumer/fake_kafka.py``).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Mapping, NamedTuple, Protocol
 
 
@@ -121,11 +125,16 @@ class Consumer(Protocol):
 
 
 OnDelivery = Callable[["ClientError | None", "int | None"], None]
+# produce_many's report of one record: (its index in the call, error, offset)
+OnEachDelivery = Callable[[int, "ClientError | None", "int | None"], None]
 
 
 class Producer(Protocol):
     def produce(self, record: OutgoingRecord, on_delivery: OnDelivery) -> None:
         """Queue ``record``; raises :class:`ClientError` when it cannot be queued."""
+
+    def produce_many(self, records: list[OutgoingRecord], on_delivery: OnEachDelivery) -> None:
+        """Queue ``records``, each reported once by its index (module docstring); never raises."""
 
     def flush(self, timeout_s: float) -> None:
         """Wait until every queued record is delivered; :class:`ClientError` if some are not."""
@@ -145,3 +154,12 @@ class TransactionalProducer(Producer, Protocol):
     def commit(self, timeout_s: float) -> None: ...
 
     def abort(self, timeout_s: float) -> None: ...
+
+
+def produce_each(producer: Producer, records: list[OutgoingRecord], on_delivery: OnEachDelivery) -> None:
+    """``produce_many`` as one ``produce`` per record: one that cannot be queued is reported at once."""
+    for index, record in enumerate(records):
+        try:
+            producer.produce(record, functools.partial(on_delivery, index))
+        except ClientError as exc:
+            on_delivery(index, exc, None)

@@ -2,6 +2,13 @@
 (``confluent-kafka``).
 
 * Delivery reports are served by a thread that polls the producer.
+* ``produce_many`` hands librdkafka the records for each topic and partition (or the partitioner)
+  in one ``produce_batch`` call, and maps each delivery report back to its record by the record's
+  key; records with headers (which ``produce_batch`` cannot send), without a key, or with a key
+  another record of the call has, go one by one. Those refused because the local queue is full are
+  offered again once it has room. (``produce_batch`` ignores a partition given per message,
+  confluent-kafka 2.16.1, whatever its documentation says: only the call's own ``partition`` is
+  used; tests/kafka/test_librdkafka.py checks where each record lands.)
 * The partitioner is ``murmur2_random``: keyed records land in the partitions the Java client
   and kafka-python pick for them.
 * Creating it opens a TCP connection and asks for metadata once, so a missing broker raises
@@ -21,7 +28,8 @@ from typing import Any, Mapping
 
 import confluent_kafka
 
-from digitmatch.kafka.client import ClientError, Committed, OnDelivery, OutgoingRecord, Partition
+from digitmatch.kafka.client import (ClientError, Committed, OnDelivery, OnEachDelivery, OutgoingRecord, Partition,
+                                     produce_each)
 from digitmatch.kafka.configuration import KafkaConnection
 from digitmatch.kafka.exceptions import TransactionsUnavailable
 from digitmatch.kafka.librdkafka import (PRODUCER_POLL_S, _Closed, _check_reachable, _error, _raised, common_config,
@@ -94,6 +102,57 @@ class LibrdkafkaProducer:
                 time.sleep(PRODUCER_POLL_S / 10)
             except confluent_kafka.KafkaException as exc:
                 raise _raised(exc) from None
+
+    def produce_many(self, records: list[OutgoingRecord], on_delivery: OnEachDelivery) -> None:
+        """Queue ``records`` (module docstring); each is reported once, by its index, through
+        ``on_delivery(index, error, offset)``, also when it cannot be queued."""
+        batches: dict[tuple[str, int | None], dict[bytes, int]] = {}  # {key: index} per topic and partition
+        keys_seen: set[tuple[str, bytes]] = set()
+        alone: list[int] = []
+        for index, record in enumerate(records):
+            if record.headers or record.key is None or (record.topic, record.key) in keys_seen:
+                alone.append(index)
+            else:
+                keys_seen.add((record.topic, record.key))
+                batches.setdefault((record.topic, record.partition), {})[record.key] = index
+        for (topic, partition), keys in batches.items():
+            self._produce_batch(topic, partition, records, keys, on_delivery)
+        if alone:
+            produce_each(self, [records[i] for i in alone], lambda i, error, offset: on_delivery(alone[i], error, offset))
+
+    def _produce_batch(self, topic: str, partition: int | None, records: list[OutgoingRecord], keys: dict[bytes, int],
+                       on_delivery: OnEachDelivery) -> None:
+        def report(error, message) -> None:
+            index = keys[message.key()]
+            if error is None:
+                on_delivery(index, None, message.offset())
+            else:
+                on_delivery(index, _error(error), None)
+
+        where = {} if partition is None else {"partition": partition}
+        waiting = list(keys.values())
+        while waiting:
+            messages = [{"key": records[i].key, "value": records[i].value} for i in waiting]
+            try:
+                self._producer.produce_batch(topic, messages, on_delivery=report, **where)
+            except ClientError as exc:  # a closed producer
+                for index in waiting:
+                    on_delivery(index, exc, None)
+                return
+            full = []
+            for message, index in zip(messages, waiting):
+                error = message.get("_error")
+                if error is None:
+                    continue
+                if error.code() != confluent_kafka.KafkaError._QUEUE_FULL:
+                    on_delivery(index, _error(error), None)
+                elif self._closed.is_set():
+                    on_delivery(index, ClientError("producer closed"), None)
+                else:
+                    full.append(index)
+            if full:
+                time.sleep(PRODUCER_POLL_S / 10)  # deliveries make room
+            waiting = full
 
     def flush(self, timeout_s: float | None = None) -> None:
         remaining = self._producer.flush(-1 if timeout_s is None else timeout_s)

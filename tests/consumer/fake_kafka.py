@@ -21,7 +21,7 @@ from collections import deque
 
 from kafka.partitioner.default import murmur2
 
-from digitmatch.kafka.client import ClientError, Committed, OutgoingRecord, Partition, Record
+from digitmatch.kafka.client import ClientError, Committed, OutgoingRecord, Partition, Record, produce_each
 
 
 class FakeKafka:
@@ -203,6 +203,9 @@ class FakeProducer:
             self._queue.append((record, on_delivery, self.transaction))
             self._pending += 1
             self._wake.notify()
+
+    def produce_many(self, records: list[OutgoingRecord], on_delivery) -> None:
+        produce_each(self, records, on_delivery)
 
     def _deliver(self) -> None:
         while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from digitmatch.consumer.metrics import MatcherMetrics
 from digitmatch.consumer.outbox import Outbox, Outgoing
-from digitmatch.kafka.client import ClientError, OutgoingRecord, Partition
+from digitmatch.kafka.client import ClientError, OutgoingRecord, Partition, produce_each
 from digitmatch.wire import H_DLQ_REASON, H_DLQ_SOURCE
 
 TP = Partition("in", 0)
@@ -21,6 +21,9 @@ class Producer:
     def produce(self, record, on_delivery):
         self.sent.append(record)
         on_delivery(self.errors.pop(0), None) if self.errors else on_delivery(None, len(self.sent) - 1)
+
+    def produce_many(self, records, on_delivery):
+        produce_each(self, records, on_delivery)
 
     def flush(self, timeout_s):
         pass
@@ -112,3 +115,71 @@ def test_a_dead_letter_refused_as_too_large_goes_at_once_in_its_smallest_form():
     assert small.value == b"" and dict(small.headers)[H_DLQ_REASON] == b"bad_pair_id"
     assert dict(small.headers)[H_DLQ_SOURCE] == b"in:0:3"
     assert box.metrics.dead_letters_truncated._value.get() == 1
+
+
+class HeldProducer(Producer):
+    """Keeps the reports of ``produce_many`` until :meth:`report` is called for each (by index)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[list[OutgoingRecord]] = []
+        self.pending = None
+
+    def produce_many(self, records, on_delivery):
+        self.calls.append(records)
+        self.sent.extend(records)
+        self.pending = on_delivery
+
+    def report(self, index, error=None):
+        self.pending(index, error, None if error else index)
+
+
+def batch(*offsets: int) -> list[Outgoing]:
+    return [verdict(offset) for offset in offsets]
+
+
+def test_a_batch_goes_to_the_producer_in_one_call_and_finishes_once_every_record_is_acknowledged():
+    producer = HeldProducer()
+    calls = []
+    box = Outbox(lambda: producer, MatcherMetrics(), on_finished=calls.append, still_ours=lambda tp: True,
+                 clock=Clock())
+    box.send_all(batch(4, 5, 6))
+    assert [len(records) for records in producer.calls] == [3]
+    producer.report(2)
+    producer.report(0)
+    box.collect()
+    assert calls == []  # one record still out
+    producer.report(0)  # a second report of a record changes nothing
+    producer.report(1)
+    box.collect()
+    assert calls == [[(TP, 4), (TP, 5), (TP, 6)]]  # in one call, in the batch's order
+    assert box.metrics.verdicts.labels(outcome="match")._value.get() == 3
+
+
+def test_a_failed_record_of_a_batch_is_sent_again_alone_while_the_others_finish():
+    clock = Clock()
+    producer = HeldProducer()
+    calls = []
+    box = Outbox(lambda: producer, MatcherMetrics(), on_finished=calls.append, still_ours=lambda tp: True,
+                 retry_delay_s=1.0, clock=clock)
+    box.send_all(batch(1, 2, 3))
+    producer.report(0)
+    producer.report(1, ClientError("down"))
+    producer.report(2)
+    box.collect()
+    assert calls == [[(TP, 1), (TP, 3)]] and box.retrying
+    clock.now += 1.1
+    box.collect()
+    assert [r.value for r in producer.calls[-1]] == [b"{}"] and len(producer.calls) == 2  # the failed one alone
+    producer.report(0)
+    box.collect()
+    assert calls[-1] == [(TP, 2)] and not box.retrying
+    assert box.metrics.kafka_errors.labels(stage="produce")._value.get() == 1
+
+
+def test_an_empty_batch_sends_nothing():
+    producer = HeldProducer()
+    box, finished = outbox([producer], Clock())
+    box.send_all([])
+    box.collect()
+    assert producer.calls == [] and finished == [] and box.produced == 0

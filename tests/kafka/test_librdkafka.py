@@ -299,3 +299,96 @@ def test_a_second_producer_of_the_same_transactional_id_fences_the_first(broker)
     finally:
         first.close(1)
         second.close(1)
+
+
+def _deliver_many(producer, records: list[OutgoingRecord]) -> list:
+    """``produce_many`` of ``records``; each one's (error, offset), in order, once every report is in
+    (a second report of a record fails the test)."""
+    outcomes: list = [None] * len(records)
+    done = threading.Semaphore(0)
+
+    def report(index, error, offset):
+        assert outcomes[index] is None, f"record {index} reported twice"
+        outcomes[index] = (error, offset)
+        done.release()
+
+    producer.produce_many(records, report)
+    for _ in records:
+        assert done.acquire(timeout=30)
+    return outcomes
+
+
+def _read_all(broker, topic: str, partitions: int, count: int) -> dict[tuple[int, int], tuple]:
+    """``{(partition, offset): (key, value, headers)}`` of the first ``count`` records of ``topic``."""
+    check = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        check.assign([TopicPartition(topic, p) for p in range(partitions)])
+        landed: dict = {}
+        deadline = time.monotonic() + 30
+        while len(landed) < count and time.monotonic() < deadline:
+            for tp, batch in check.poll(timeout_ms=200).items():
+                for r in batch:
+                    landed[(tp.partition, r.offset)] = (r.key, r.value, [(n, bytes(v)) for n, v in r.headers])
+    finally:
+        check.close()
+    return landed
+
+
+def test_produce_many_reports_each_record_once_with_the_offset_it_landed_at(broker):
+    """Batched records, and those that go one by one (headers, no key, a key seen before in the
+    call), all reported by their own index with their own offset."""
+    topic = "rdk-many"
+    ensure_topics(broker.connection, {topic: 3})
+    records = [OutgoingRecord(topic, f"k{i}".encode(), f"v{i}".encode(), [], i % 3 if i % 4 else None)
+               for i in range(40)]
+    records[5] = records[5]._replace(headers=[("dm-half", b"spoken")])
+    records[9] = records[9]._replace(key=None)
+    records[12] = records[12]._replace(key=b"k3", value=b"second k3")  # the same key twice in one call
+    producer = new_producer(broker.connection)
+    try:
+        outcomes = _deliver_many(producer, records)
+    finally:
+        producer.close(10)
+    assert [error for error, _ in outcomes] == [None] * len(records)
+    landed = _read_all(broker, topic, 3, len(records))
+    by_value = {value: (where, key, headers) for where, (key, value, headers) in landed.items()}
+    for record, (_, offset) in zip(records, outcomes):
+        (partition, at), key, headers = by_value[record.value]
+        assert (at, key, headers) == (offset, record.key, record.headers)
+        if record.partition is not None:
+            assert partition == record.partition
+
+
+def test_produce_many_reports_a_record_refused_for_its_size_and_delivers_the_others(broker):
+    topic = "rdk-many-large"
+    ensure_topics(broker.connection, {topic: 1})
+    records = [OutgoingRecord(topic, b"a", b"small", []), OutgoingRecord(topic, b"b", b"x" * 2_000_000, []),
+               OutgoingRecord(topic, b"c", b"small too", [])]
+    producer = LibrdkafkaProducer(broker.connection, **{"message.max.bytes": 1_000_000})
+    try:
+        (first, big, last) = _deliver_many(producer, records)
+    finally:
+        producer.close(10)
+    assert first[0] is None and last[0] is None
+    assert isinstance(big[0], ClientError) and big[0].too_large and big[1] is None
+
+
+def test_produce_many_waits_for_room_when_the_local_queue_is_full(broker):
+    topic = "rdk-many-full"
+    ensure_topics(broker.connection, {topic: 1})
+    producer = LibrdkafkaProducer(broker.connection, **{"queue.buffering.max.messages": 10})
+    records = [OutgoingRecord(topic, f"k{i}".encode(), f"v{i}".encode(), [], 0) for i in range(100)]
+    try:
+        outcomes = _deliver_many(producer, records)
+    finally:
+        producer.close(10)
+    assert [error for error, _ in outcomes] == [None] * 100
+    assert sorted(offset for _, offset in outcomes) == list(range(100))
+
+
+def test_produce_many_on_a_closed_producer_reports_each_record_failed(broker):
+    producer = LibrdkafkaProducer(broker.connection)
+    producer.close(5)
+    records = [OutgoingRecord("rdk-closed", b"k", b"x", []), OutgoingRecord("rdk-closed", None, b"y", [("h", b"1")])]
+    outcomes = _deliver_many(producer, records)
+    assert all(isinstance(error, ClientError) and offset is None for error, offset in outcomes)
