@@ -9,9 +9,10 @@ partition check's in consumer/routing.py):
   its dead letter, or nothing (an identical duplicate) has been taken care of.
 * A joined pair's span (its two offsets) and a duplicate's or late half's tie to its pair are
   registered with the checkpoint, which keeps the commit point from splitting them unsafely.
-* A poll's records of a partition are checked for their partition together
-  (:meth:`Intake.handle_batch`); a valid half in another partition than its key hashes to is
-  dead-lettered ``misrouted`` instead of joined.
+* A poll's records of a partition are decoded together (:func:`digitmatch.wire.decode_halves`:
+  the same answers as one by one) and checked for their partition together
+  (:meth:`Intake.handle_batch`), then handled one by one in offset order; a valid half in another
+  partition than its key hashes to is dead-lettered ``misrouted`` instead of joined.
 * A record read back that was finished before (below the commit point, or listed as finished by
   the commit's metadata: consumer/checkpointing.py) decides nothing and is not checked
   (:meth:`Intake.remember`): its valid half only restores the join's memory of decided pairs.
@@ -22,7 +23,7 @@ partition check's in consumer/routing.py):
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Callable, Iterable
 
 from digitmatch.consumer import verdicts
 from digitmatch.consumer.batcher import Batcher
@@ -37,9 +38,13 @@ from digitmatch.consumer.pausing import BackPressure
 from digitmatch.consumer.routing import Routing
 from digitmatch.consumer.stream_time import StreamClock
 from digitmatch.kafka.client import Partition, Record
-from digitmatch.wire import InvalidMessage, Reason, decode_half
+from digitmatch.wire import DecodedHalf, InvalidMessage, Reason, decode_halves
 
 log = logging.getLogger(__name__)
+
+# The checkpoint's choice of a partition's records to handle (Checkpoint.read_back): (partition,
+# records, remember(record, rejoin)) -> the records to handle, in order.
+ReadBack = Callable[[Partition, list[Record], Callable[[Record, bool], None]], Iterable[Record]]
 
 # The detail of a record whose headers the Kafka client could not read.
 UNREADABLE_HEADERS = "a header name is not valid UTF-8: the record's headers cannot be read"
@@ -77,26 +82,29 @@ class Intake:
             self.join_waits.clear()
 
     def handle_batch(self, tp: Partition, polled: list[Record], now: float, now_ms: int,
-                     handled: Iterable[Record] | None = None) -> None:
-        """A poll's records of ``tp``: their partition checked at once, then each of ``handled``
-        (default: all; the checkpoint's read-back leaves some out) handled, in order."""
+                     read_back: ReadBack | None = None) -> None:
+        """A poll's records of ``tp``: decoded and their partition checked at once, then each
+        handled, in order. ``read_back`` (the checkpoint's) picks the records to handle and hands
+        those finished before to :meth:`remember` (default: all are handled)."""
+        decoded = dict(zip([record.offset for record in polled], decode_halves(polled)))
         misrouted = self.routing.misrouted(tp, polled)
-        for record in polled if handled is None else handled:
-            self.handle(tp, record, now, now_ms, misrouted.get(record.offset))
+        handled = polled if read_back is None else read_back(
+            tp, polled, lambda record, rejoin: self.remember(tp, record, decoded[record.offset], now, now_ms, rejoin))
+        for record in handled:
+            self.handle(tp, record, decoded[record.offset], now, now_ms, misrouted.get(record.offset))
 
-    def handle(self, tp: Partition, record: Record, now: float, now_ms: int, misrouted: str | None = None) -> None:
-        """Decode, join, batch; dead-letter what is bad (docs/wire-format.md), and a valid half
-        ``misrouted`` (the detail) to another partition than its key's."""
+    def handle(self, tp: Partition, record: Record, half: DecodedHalf | InvalidMessage, now: float, now_ms: int,
+               misrouted: str | None = None) -> None:
+        """Join and batch the record's decoded ``half``; dead-letter what is bad (docs/wire-format.md),
+        and a valid half ``misrouted`` (the detail) to another partition than its key's."""
         self.checkpoint.track(tp, record.offset)
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
-        try:
-            if record.headers is None:
-                raise InvalidMessage(*((Reason.UNREADABLE, record.unreadable) if record.unreadable
-                                       else (Reason.BAD_HEADER, UNREADABLE_HEADERS)))
-            half = decode_half(record.key, record.value, record.headers)
-        except InvalidMessage as exc:
+        if record.headers is None:
+            half = InvalidMessage(*((Reason.UNREADABLE, record.unreadable) if record.unreadable
+                                    else (Reason.BAD_HEADER, UNREADABLE_HEADERS)))
+        if isinstance(half, InvalidMessage):
             self.consumed["invalid"] += 1
-            self.dead_letter(tp, record, exc.reason, exc.detail)
+            self.dead_letter(tp, record, half.reason, half.detail)
             return
         self.consumed[half.half.value] += 1
         if misrouted is not None:
@@ -123,16 +131,13 @@ class Intake:
         elif result.outcome is JoinOutcome.ALREADY_DECIDED:
             self.dead_letter(tp, record, Reason.ALREADY_DECIDED, result.detail)
 
-    def remember(self, tp: Partition, record: Record, now: float, now_ms: int, rejoin: bool = True) -> None:
-        """A record read back that was finished before: its valid half only restores the join's
-        memory of decided pairs (it was decided, or dead-lettered, before; ``rejoin``:
+    def remember(self, tp: Partition, record: Record, half: DecodedHalf | InvalidMessage, now: float, now_ms: int,
+                 rejoin: bool = True) -> None:
+        """A record read back that was finished before: its valid (decoded) ``half`` only restores
+        the join's memory of decided pairs (it was decided, or dead-lettered, before; ``rejoin``:
         :meth:`JoinTable.restore`)."""
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
-        if record.headers is None:
-            return
-        try:
-            half = decode_half(record.key, record.value, record.headers)
-        except InvalidMessage:
+        if record.headers is None or isinstance(half, InvalidMessage):
             return
         self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
                                      now, now_ms, half.digit, half.produced_ms, stream_ms, half.sample_rate), rejoin)

@@ -215,8 +215,7 @@ class Matcher:
             for tp, batch in records.items():
                 if tp not in self.assigned:
                     continue  # revoked while these were in flight; the next owner reads them
-                self.intake.handle_batch(tp, batch, now, now_ms, self.checkpoint.read_back(
-                    tp, batch, lambda r, rejoin: self.intake.remember(tp, r, now, now_ms, rejoin)))
+                self.intake.handle_batch(tp, batch, now, now_ms, self.checkpoint.read_back)
             self.intake.count_consumed()
             self._advance_quiet_partitions(records, now - last_poll)
             last_poll = now

@@ -32,7 +32,7 @@ import math
 import re
 import time
 from enum import Enum
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple, Protocol, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,6 +92,7 @@ CANONICAL_SHAPE = re.compile(r"(?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*")
 # a stream repeats a few thousand (two halves x ten digits x the spoken frame counts). A pcm16
 # half's dm-shape is its sample count, far more varied: many of those take the one-by-one check.
 LAYOUTS_CACHED = 8192
+NON_FINITE_DETAIL = "MFCC frames contain NaN or infinity"
 
 
 class Half(str, Enum):
@@ -368,7 +369,7 @@ def _check_spoken_array(frames: np.ndarray) -> None:
     if frames.shape[0] > MAX_FRAMES:
         raise InvalidMessage(Reason.TOO_LARGE, f"{frames.shape[0]} frames, limit {MAX_FRAMES}")
     if not np.isfinite(frames).all():
-        raise InvalidMessage(Reason.NON_FINITE, "MFCC frames contain NaN or infinity")
+        raise InvalidMessage(Reason.NON_FINITE, NON_FINITE_DETAIL)
 
 
 class _Layout(NamedTuple):
@@ -414,6 +415,9 @@ def _pcm_layout(meta: _Meta) -> _Layout:
 
 
 _cached_layout = functools.lru_cache(maxsize=LAYOUTS_CACHED)(_checked_layout)
+# The header sets that passed whole and in the usual form (``dm-`` headers only, one
+# ``dm-produced-ms``, last): their headers before ``dm-produced-ms`` -> the layout. Cleared when full.
+_passed_prefixes: dict[tuple, _Layout] = {}
 
 
 def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:
@@ -421,10 +425,20 @@ def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:
     ``dm-produced-ms``, which is the only one that changes from record to record of a stream.
 
     Checking the headers one by one was a third of the matcher's per-record work in its poll loop
-    (docs/benchmarks.md). Anything unusual (a second ``dm-produced-ms``, a value that is not
-    a canonical decimal, a header set that fails) takes the one-by-one path, so every reason and message is
-    the same as without the cache."""
-    produced: bytes | None = None
+    (docs/benchmarks.md). A header set in the usual form whose other headers passed before is
+    answered from :data:`_passed_prefixes` without looking at each header; anything unusual (a
+    second ``dm-produced-ms``, a value that is not a canonical decimal, a header set that fails)
+    takes the one-by-one path, so every reason and message is the same as without the cache."""
+    if headers and headers[-1][0] == H_PRODUCED_MS:
+        produced = headers[-1][1]
+        try:
+            layout = _passed_prefixes.get(tuple(headers[:-1]))
+        except TypeError:  # a header value that cannot be a key
+            layout = None
+        if (layout is not None and isinstance(produced, bytes) and len(produced) <= MAX_HEADER_BYTES
+                and CANONICAL_INT_BYTES.fullmatch(produced)):
+            return layout, int(produced)
+    produced = None
     seen_produced = False
     dm_headers = []
     for item in headers or ():
@@ -435,18 +449,23 @@ def _layout(headers: Headers | None) -> tuple[_Layout, int | None]:
             dm_headers.append(item)
     if not seen_produced or (isinstance(produced, bytes) and len(produced) <= MAX_HEADER_BYTES
                              and CANONICAL_INT_BYTES.fullmatch(produced)):
+        key = tuple(dm_headers)
         try:
-            layout, duplicate_produced = _cached_layout(tuple(dm_headers))
+            layout, duplicate_produced = _cached_layout(key)
         except (InvalidMessage, TypeError):  # TypeError: a header value that cannot be a key
             pass
         else:
             if duplicate_produced is None:
+                if seen_produced and len(dm_headers) == len(headers) - 1 and headers[-1][0] == H_PRODUCED_MS:
+                    if len(_passed_prefixes) >= LAYOUTS_CACHED:
+                        _passed_prefixes.clear()
+                    _passed_prefixes[key] = layout
                 return layout, int(produced) if seen_produced else None
     return _checked_layout(headers)
 
 
-def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None) -> DecodedHalf:
-    """Validate one ``pairs.in`` record. Raises :class:`InvalidMessage` with a precise reason."""
+def _decode_unchecked(key: bytes | None, value: bytes | None, headers: Headers | None) -> DecodedHalf:
+    """:func:`decode_half` but for the finiteness of MFCC frames."""
     if value is not None and len(value) > MAX_VALUE_BYTES:
         raise InvalidMessage(Reason.TOO_LARGE, f"value is {len(value)} bytes, limit {MAX_VALUE_BYTES}")
     pair_id = decode_pair_id(key)
@@ -455,11 +474,50 @@ def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None)
         got = 0 if value is None else len(value)
         raise InvalidMessage(Reason.SIZE_MISMATCH, f"shape {layout.shape} needs {layout.nbytes} bytes, value has {got}")
     array = np.frombuffer(value, dtype=layout.dtype).reshape(layout.shape)
-    if layout.sample_rate is not None:  # int16 samples: any value is a sample
-        return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms, layout.sample_rate)
-    if layout.half is Half.SPOKEN and not np.isfinite(array).all():
-        raise InvalidMessage(Reason.NON_FINITE, "MFCC frames contain NaN or infinity")
-    return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms)
+    return DecodedHalf(pair_id, layout.half, array, layout.digit, produced_ms, layout.sample_rate)
+
+
+def _is_mfcc(half: DecodedHalf) -> bool:
+    return half.sample_rate is None and half.half is Half.SPOKEN
+
+
+def decode_half(key: bytes | None, value: bytes | None, headers: Headers | None) -> DecodedHalf:
+    """Validate one ``pairs.in`` record. Raises :class:`InvalidMessage` with a precise reason."""
+    half = _decode_unchecked(key, value, headers)
+    if _is_mfcc(half) and not np.isfinite(half.array).all():  # int16 samples: any value is a sample
+        raise InvalidMessage(Reason.NON_FINITE, NON_FINITE_DETAIL)
+    return half
+
+
+class _Readable(Protocol):
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None
+
+
+def decode_halves(records: Sequence[_Readable]) -> list[DecodedHalf | InvalidMessage]:
+    """:func:`decode_half` of each record (anything with ``key``, ``value`` and ``headers``), in
+    order; a record that fails has its :class:`InvalidMessage` in its place (without a traceback).
+
+    The same answers as one by one, in less time: the MFCC frames of all the spoken halves are
+    checked for finiteness at once (a NumPy call per record was a measurable share of the matcher's
+    poll loop: docs/benchmarks.md), and one by one only when some are not finite."""
+    results: list[DecodedHalf | InvalidMessage] = []
+    mfcc = []  # positions of the MFCC spoken halves
+    for record in records:
+        try:
+            half = _decode_unchecked(record.key, record.value, record.headers)
+        except InvalidMessage as exc:
+            results.append(exc.with_traceback(None))
+            continue
+        if _is_mfcc(half):
+            mfcc.append(len(results))
+        results.append(half)
+    if mfcc and not np.isfinite(np.concatenate([results[i].array for i in mfcc], axis=None)).all():
+        for i in mfcc:
+            if not np.isfinite(results[i].array).all():
+                results[i] = InvalidMessage(Reason.NON_FINITE, NON_FINITE_DETAIL)
+    return results
 
 
 # --------------------------------------------------------------------------- verdicts

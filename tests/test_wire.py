@@ -350,6 +350,53 @@ def test_remembered_layouts_answer_like_the_header_by_header_check(half, frames,
     assert _outcome(wire._layout, list(headers)) == expected  # remembered by now, if it passed
 
 
+def _one_by_one(record):
+    try:
+        return wire.decode_half(record.key, record.value, record.headers)
+    except InvalidMessage as exc:
+        return exc
+
+
+def _same_answer(got, expected):
+    if isinstance(expected, InvalidMessage):
+        return isinstance(got, InvalidMessage) and (got.reason, str(got)) == (expected.reason, str(expected))
+    return (not isinstance(got, InvalidMessage) and got._replace(array=None) == expected._replace(array=None)
+            and got.array.dtype == expected.array.dtype and np.array_equal(got.array, expected.array, equal_nan=True))
+
+
+class _Record:
+    def __init__(self, record):
+        self.key, self.value, self.headers = record["key"], record["value"], record["headers"]
+
+
+VALID = [_spoken(), _written(), _pcm(), _spoken(headers={wire.H_PRODUCED_MS: b"17"}),
+         _spoken(headers={wire.H_SHAPE: b"2,13"}, value=FRAMES[:2].tobytes())]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(VALID + [record for _, record in CRAFTED]), max_size=12))
+def test_a_poll_decoded_at_once_answers_as_each_record_alone(records):
+    records = [_Record(record) for record in records]
+    decoded = wire.decode_halves(records)
+    assert len(decoded) == len(records)
+    for record, got in zip(records, decoded):
+        assert _same_answer(got, _one_by_one(record))
+        if isinstance(got, InvalidMessage):
+            assert got.__traceback__ is None  # a stored exception keeps no frames alive
+
+
+def test_non_finite_frames_fail_only_their_own_record():
+    bad = _Record(_spoken(value=_nan_frames()))
+    inf = FRAMES.copy()
+    inf[-1, -1] = np.inf
+    worse = _Record(_spoken(value=inf.tobytes()))
+    good = [_Record(_spoken()), _Record(_written()), _Record(_pcm())]
+    decoded = wire.decode_halves([good[0], bad, good[1], worse, good[2]])
+    assert [d.reason if isinstance(d, InvalidMessage) else d.half.value for d in decoded] == [
+        "spoken", Reason.NON_FINITE, "written", Reason.NON_FINITE, "spoken"]
+    assert wire.decode_halves([]) == []
+
+
 # --------------------------------------------------------------------------- dead-letter headers
 
 
