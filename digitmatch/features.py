@@ -22,6 +22,11 @@ Rules (see docs/model.md for why):
 * Batches: :func:`mfcc_batch` computes many recordings in one graph call (the matcher, per batch);
   each recording's frames are the same bits as :func:`mfcc` of it alone (the CMVN sums run in
   NumPy over a fixed length, :func:`_normalise`), so a verdict does not depend on the batch.
+* Training only: ``warp`` (default 1, the features above, bit for bit) is vocal-tract-length
+  perturbation (Jaitly and Hinton, 2013): the mel filters read the spectrum through the
+  piecewise-linear frequency warp of :func:`vtlp_frequencies`, so formants move by the factor
+  while duration and pitch stay. No model's metadata has a warp: producers and the matcher never
+  pass one.
 """
 
 from __future__ import annotations
@@ -71,8 +76,42 @@ class FeatureParams(BaseModel):
 DEFAULT_PARAMS = FeatureParams()
 
 
+# Where the VTLP warp (vtlp_frequencies) bends, as a fraction of the Nyquist frequency: frequencies
+# up to it move by the warp factor (its 4.8 kHz of 8 kHz in Jaitly and Hinton, 2013).
+VTLP_BOUNDARY = 0.6
+
+
+def vtlp_frequencies(freqs_hz: np.ndarray, warp: float, nyquist_hz: float) -> np.ndarray:
+    """The piecewise-linear VTLP warp of ``freqs_hz``: ``f * warp`` up to the knee, then the straight
+    line that takes the knee's image to the Nyquist frequency, which stays where it is."""
+    if warp <= 0:
+        raise ValueError(f"the warp factor must be positive, got {warp}")
+    bend = VTLP_BOUNDARY * nyquist_hz * min(warp, 1.0)  # the knee's image
+    knee = bend / warp
+    above = nyquist_hz - (nyquist_hz - bend) / (nyquist_hz - knee) * (nyquist_hz - freqs_hz)
+    return np.where(freqs_hz <= knee, freqs_hz * warp, above)
+
+
+def warped_mel_matrix(params: FeatureParams, warp: float) -> np.ndarray:
+    """The mel filterbank of ``params`` read through the VTLP warp: float32 ``(fft_length // 2 + 1,
+    n_mels)``, TensorFlow's ``linear_to_mel_weight_matrix`` (HTK mel scale, triangles in mel,
+    the DC bin zero) with each bin's frequency warped first (``warp == 1``: that matrix)."""
+    nyquist = params.sample_rate / 2
+    fmax = params.fmax_hz if params.fmax_hz is not None else nyquist
+
+    def mel(hz):
+        return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+    bins = vtlp_frequencies(np.linspace(0.0, nyquist, params.fft_length // 2 + 1)[1:], warp, nyquist)
+    edges = np.linspace(mel(params.fmin_hz), mel(fmax), params.n_mels + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    at = mel(bins)[:, None]
+    weights = np.maximum(0.0, np.minimum((at - lower) / (centre - lower), (upper - at) / (upper - centre)))
+    return np.pad(weights, ((1, 0), (0, 0))).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=8)
-def _compiled(params: FeatureParams):
+def _compiled(params: FeatureParams, warp: float = 1.0):
     """The TensorFlow graph of ``params``, steps 5-8 of docs/features.md: frames ``(n, frame_length)``
     (of any number of recordings, cut by :func:`mfcc_prepared`) -> log-mel cepstra ``(n, n_mfcc)``.
 
@@ -89,7 +128,7 @@ def _compiled(params: FeatureParams):
         sample_rate=params.sample_rate,
         lower_edge_hertz=params.fmin_hz,
         upper_edge_hertz=fmax,
-    )
+    ) if warp == 1.0 else tf.constant(warped_mel_matrix(params, warp))
 
     window = tf.signal.hann_window(params.frame_length)
 
@@ -145,10 +184,12 @@ def prepare(audio: np.ndarray, sample_rate: int, params: FeatureParams = DEFAULT
     return signal
 
 
-def mfcc_prepared(signals: Sequence[np.ndarray], params: FeatureParams = DEFAULT_PARAMS) -> list[np.ndarray]:
+def mfcc_prepared(signals: Sequence[np.ndarray], params: FeatureParams = DEFAULT_PARAMS,
+                  warp: float = 1.0) -> list[np.ndarray]:
     """MFCC frames of many recordings already :func:`prepare`-d, in one call of the feature graph
     (vectorised over all their frames): one float32 ``(frames, n_mfcc)`` array per signal, each
-    the same bits as the recording's alone (:func:`_compiled`, :func:`_normalise`)."""
+    the same bits as the recording's alone (:func:`_compiled`, :func:`_normalise`). ``warp``:
+    training only (module docstring)."""
     if not signals:
         return []
     counts = [1 + (s.size - params.frame_length) // params.frame_step for s in signals]
@@ -156,7 +197,7 @@ def mfcc_prepared(signals: Sequence[np.ndarray], params: FeatureParams = DEFAULT
     cut = np.concatenate([
         np.lib.stride_tricks.sliding_window_view(s, params.frame_length)[:: params.frame_step][:n]
         for s, n in zip(signals, counts)])
-    coeffs = _compiled(params)(np.ascontiguousarray(cut, dtype=np.float32)).numpy()
+    coeffs = _compiled(params, warp)(np.ascontiguousarray(cut, dtype=np.float32)).numpy()
     frames = np.array(counts, dtype=np.int64)
     rows = np.zeros((len(signals), params.max_frames, params.n_mfcc), dtype=np.float32)
     rows[np.repeat(np.arange(len(signals)), frames), np.concatenate([np.arange(n) for n in counts])] = coeffs
@@ -186,14 +227,15 @@ def mfcc_batch(recordings: Sequence[tuple[np.ndarray, int]], params: FeaturePara
 
 
 def mfcc(
-    audio: np.ndarray, sample_rate: int, params: FeatureParams = DEFAULT_PARAMS
+    audio: np.ndarray, sample_rate: int, params: FeatureParams = DEFAULT_PARAMS, warp: float = 1.0
 ) -> np.ndarray:
     """MFCC frames of one mono recording: float32 array of shape ``(frames, params.n_mfcc)``.
 
     ``audio`` may be integer PCM or float samples at any ``sample_rate``; it is resampled to
     ``params.sample_rate``. ``1 <= frames <= params.max_frames`` (see the module docstring).
+    ``warp``: training only (module docstring).
     """
-    return mfcc_prepared([prepare(audio, sample_rate, params)], params)[0]
+    return mfcc_prepared([prepare(audio, sample_rate, params)], params, warp)[0]
 
 
 def pad_batch(frames: list[np.ndarray], max_frames: int | None = None) -> np.ndarray:

@@ -40,6 +40,7 @@ INGREDIENTS = {
     "conv-bilstm": ["--audio-branch", "conv-bilstm"],
     "affine-images": ["--image-augment", "affine"],
     "no-speed": ["--speed-factors", ""],
+    "vtlp": ["--vtlp-factors", "0.9,0.95,1.05,1.1"],
 }
 
 

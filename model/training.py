@@ -53,6 +53,7 @@ class Recipe:
     fixed_frames: int | None  # pad/truncate MFCC to this many frames (None = variable)
     learning_rate: float = 1e-3
     speed_factors: tuple[float, ...] = ()  # speed perturbation of training audio (0.9 = slower)
+    vtlp_factors: tuple[float, ...] = ()  # vocal-tract-length perturbation (formants x factor)
     audio_branch: str = "lstm"  # the improved network's audio branch (model/architecture.py)
     image_augment: str = "shift"  # "shift": shifts of <= 2 px; "affine": + rotation, scale and shear
 
@@ -70,14 +71,23 @@ def split_type(text: str) -> str:
     raise argparse.ArgumentTypeError("expected 'recording' or 'speaker:<name>'")
 
 
-def speed_factors_type(text: str) -> tuple[float, ...]:
-    try:
-        factors = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if any(not 0.5 <= f <= 2.0 for f in factors):
-        raise argparse.ArgumentTypeError("speed factors must lie in [0.5, 2]")
-    return factors
+def factors_type(what: str, low: float, high: float):
+    """An argparse type: comma-separated numbers in [low, high] (``''`` = none)."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            factors = tuple(float(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if any(not low <= f <= high for f in factors):
+            raise argparse.ArgumentTypeError(f"{what} factors must lie in [{low:g}, {high:g}]")
+        return factors
+
+    return parse
+
+
+speed_factors_type = factors_type("speed", 0.5, 2.0)
+vtlp_factors_type = factors_type("VTLP", 0.8, 1.25)
 
 
 IMAGE_AUGMENTS = ("shift", "affine")
@@ -111,6 +121,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--version", default=None, type=int, ge=1, help="version number (default: next free)")
     add_option(parser, "--speed-factors", default=None, type=speed_factors_type, allow_empty=True,
                help="speed-perturbation factors of training audio, e.g. 0.9,1.1 ('' = none; default: the recipe's)")
+    add_option(parser, "--vtlp-factors", default=None, type=vtlp_factors_type, allow_empty=True,
+               help="vocal-tract-length perturbation of training audio: a copy of each recording per factor, "
+                    "formants moved by it (digitmatch.features), e.g. 0.9,1.1 ('' = none; default: the recipe's, none)")
     add_option(parser, "--steps", default=None, type=int, ge=1, help="cap on steps per epoch (smoke tests)")
     add_option(parser, "--test-pairs", default=TEST_PAIRS, type=int, ge=1, help="held-out pairs for the final metrics")
     add_switch(parser, "--plots", help="write PNG plots (default on)")
@@ -131,8 +144,8 @@ class Pool:
     digits: np.ndarray  # int64 (N,)
     images: np.ndarray  # uint8 (M, 28, 28)
     image_digits: np.ndarray  # int64 (M,)
-    speed_mfcc: np.ndarray | None = None  # float32 (K, N, T, 13): speed-perturbed copies
-    speed_lengths: np.ndarray | None = None  # int64 (K, N)
+    copies_mfcc: np.ndarray | None = None  # float32 (K, N, T, 13): perturbed copies (perturbed_copies)
+    copies_lengths: np.ndarray | None = None  # int64 (K, N)
 
 
 def make_pool(frames: list[np.ndarray], digits, images, image_digits, max_frames: int) -> Pool:
@@ -145,18 +158,20 @@ def make_pool(frames: list[np.ndarray], digits, images, image_digits, max_frames
     )
 
 
-def speed_perturbed(recs, factors: tuple[float, ...], params: FeatureParams):
-    """MFCCs of ``recs`` played ``factor`` times faster, for each factor: (K, N, T, 13), (K, N).
+def perturbed_copies(recs, params: FeatureParams, speed_factors: tuple[float, ...] = (),
+                     vtlp_factors: tuple[float, ...] = ()):
+    """MFCCs of ``recs`` once per speed factor, then once per VTLP factor: (K, N, T, 13), (K, N).
 
-    Declaring the audio's rate as ``rate * factor`` makes :func:`digitmatch.features.mfcc`
+    Speed: declaring the audio's rate as ``rate * factor`` makes :func:`digitmatch.features.mfcc`
     resample it back to ``params.sample_rate``: duration / factor, pitch and formants x factor,
     which imitates other speakers (Ko et al., 2015, "Audio augmentation for speech recognition").
+    VTLP: the features' ``warp``: formants x factor, duration and pitch kept (Jaitly and Hinton, 2013).
     """
     from digitmatch.features import mfcc
 
     stacks, lengths = [], []
-    for factor in factors:
-        frames = [mfcc(a, int(round(r * factor)), params) for a, r in zip(recs.audio, recs.sample_rates)]
+    for speed, warp in [(f, 1.0) for f in speed_factors] + [(1.0, f) for f in vtlp_factors]:
+        frames = [mfcc(a, int(round(r * speed)), params, warp) for a, r in zip(recs.audio, recs.sample_rates)]
         stacks.append(pad_batch(frames, params.max_frames))
         lengths.append([min(len(f), params.max_frames) for f in frames])
     width = params.max_frames
@@ -248,14 +263,14 @@ def make_batches(pool: Pool, pairs, recipe: Recipe, batch_size: int, match_ratio
         width = recipe.fixed_frames or pool.mfcc.shape[1]  # fixed: Keras fixes batch shapes from the first batches
         mfcc = pool.mfcc[a, :width]
         images = pool.images[i]
-        if rng is not None and pool.speed_mfcc is not None:
-            # each row: the original (variant 0) or one of the K speed-perturbed copies
-            variant = rng.integers(0, len(pool.speed_mfcc) + 1, size=len(a))
+        if rng is not None and pool.copies_mfcc is not None:
+            # each row: the original (variant 0) or one of the K perturbed copies
+            variant = rng.integers(0, len(pool.copies_mfcc) + 1, size=len(a))
             rows = np.flatnonzero(variant > 0)
             mfcc = mfcc.copy()
-            mfcc[rows] = pool.speed_mfcc[variant[rows] - 1, a[rows], :width]
+            mfcc[rows] = pool.copies_mfcc[variant[rows] - 1, a[rows], :width]
             lengths = lengths.copy()
-            lengths[rows] = pool.speed_lengths[variant[rows] - 1, a[rows]]
+            lengths[rows] = pool.copies_lengths[variant[rows] - 1, a[rows]]
         if rng is not None:
             mfcc = augment_mfcc(mfcc, lengths, rng)
             images = (augment_images_affine if recipe.image_augment == "affine" else augment_images)(images, rng)
@@ -416,7 +431,8 @@ def train(args) -> Path:
 
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
-    overrides = {field: getattr(args, field) for field in ("speed_factors", "audio_branch", "image_augment")}
+    overrides = {field: getattr(args, field)
+                 for field in ("speed_factors", "vtlp_factors", "audio_branch", "image_augment")}
     recipe = dataclasses.replace(RECIPES[args.arch], **{k: v for k, v in overrides.items() if v is not None})
     params = DEFAULT_PARAMS
     data_dir = resolve_data_dir(args.data)
@@ -437,11 +453,11 @@ def train(args) -> Path:
                          images.images, images.labels, params.max_frames)
 
     fit_pool = pool_of(fit_rec, train_images.subset(img_fit))
-    if recipe.speed_factors:
-        fit_pool.speed_mfcc, fit_pool.speed_lengths = speed_perturbed(
-            recs.subset(fit_rec), recipe.speed_factors, params)
-        log.info("speed perturbation %s: %d extra copies of each training recording",
-                 recipe.speed_factors, len(recipe.speed_factors))
+    if recipe.speed_factors or recipe.vtlp_factors:
+        fit_pool.copies_mfcc, fit_pool.copies_lengths = perturbed_copies(
+            recs.subset(fit_rec), params, recipe.speed_factors, recipe.vtlp_factors)
+        log.info("speed perturbation %s, VTLP %s: %d extra copies of each training recording",
+                 recipe.speed_factors, recipe.vtlp_factors, len(fit_pool.copies_mfcc))
     val_pool = pool_of(val_rec, train_images.subset(img_val))
 
     model = architecture.build(args.arch, recipe.audio_branch)

@@ -73,8 +73,9 @@ ACCEPTED: dict[tuple[str, str], set[str]] = {
     # 0 = early stopping off; Keras verbosity 0 = silent
     ("train", "--patience"): {"0"},
     ("train", "--verbose"): {"0"},
-    # '' = no speed perturbation (documented in --help)
+    # '' = no speed perturbation / no VTLP (documented in --help)
     ("train", "--speed-factors"): {""},
+    ("train", "--vtlp-factors"): {""},
     # 0 = TensorFlow's default, one thread per core
     ("serve", "--intra-op-threads"): {"0"},
     ("serve", "--inter-op-threads"): {"0"},

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import feature_reference as reference
-from digitmatch.features import (DEFAULT_PARAMS, FeatureError, FeatureParams, mfcc, mfcc_batch, pad_batch,
-                                 to_float_audio)
+from digitmatch.features import (DEFAULT_PARAMS, VTLP_BOUNDARY, FeatureError, FeatureParams, mfcc, mfcc_batch,
+                                 pad_batch, to_float_audio, vtlp_frequencies, warped_mel_matrix)
 
 VECTORS = Path(__file__).resolve().parent / "data" / "feature_vectors"
 MANIFEST = json.loads((VECTORS / "vectors.json").read_text())
@@ -218,3 +218,44 @@ def test_the_reference_filterbank_and_dct_are_tensorflows():
     eye = np.eye(p["n_mels"], dtype=np.float32)
     tf_dct = tf.signal.mfccs_from_log_mel_spectrograms(eye).numpy()[:, : p["n_mfcc"]].T
     assert np.abs(reference.dct_matrix(p) - tf_dct).max() < 1e-6
+
+
+def test_the_unwarped_vtlp_filterbank_is_tensorflows():
+    import tensorflow as tf
+
+    p = DEFAULT_PARAMS
+    tf_mel = tf.signal.linear_to_mel_weight_matrix(p.n_mels, p.fft_length // 2 + 1, p.sample_rate, p.fmin_hz,
+                                                   p.sample_rate / 2).numpy()
+    assert np.abs(warped_mel_matrix(p, 1.0) - tf_mel).max() < 1e-5
+
+
+@pytest.mark.parametrize("warp", [0.8, 0.9, 1.0, 1.1, 1.25])
+def test_the_vtlp_warp_is_monotonic_keeps_the_ends_and_scales_below_the_knee(warp):
+    nyquist = 4000.0
+    freqs = np.linspace(0.0, nyquist, 1001)
+    warped = vtlp_frequencies(freqs, warp, nyquist)
+    assert warped[0] == 0.0 and warped[-1] == pytest.approx(nyquist)
+    assert np.all(np.diff(warped) > 0)
+    knee = VTLP_BOUNDARY * nyquist * min(warp, 1.0) / warp
+    below = freqs <= knee
+    assert np.allclose(warped[below], freqs[below] * warp)
+    assert np.max(np.abs(np.diff(warped))) < 2 * warp * (freqs[1] - freqs[0])  # no jump at the knee
+
+
+def test_a_vtlp_warp_moves_a_tone_up_the_filterbank_by_its_factor():
+    """Energy at 1 kHz, warped by 1.1, lands in the filters that 1.1 kHz reaches unwarped."""
+    p = DEFAULT_PARAMS
+    bin_hz = p.sample_rate / p.fft_length
+    at_1000, at_1100 = round(1000 / bin_hz), round(1100 / bin_hz)
+    assert np.argmax(warped_mel_matrix(p, 1.1)[at_1000]) == np.argmax(warped_mel_matrix(p, 1.0)[at_1100])
+    assert np.argmax(warped_mel_matrix(p, 0.9)[at_1100]) == np.argmax(warped_mel_matrix(p, 1.0)[at_1000])
+
+
+def test_warped_features_differ_and_the_default_warp_is_the_features(speech):
+    audio, rate = speech, 8000
+    plain = mfcc(audio, rate)
+    assert np.array_equal(mfcc(audio, rate, DEFAULT_PARAMS, 1.0), plain)
+    warped = mfcc(audio, rate, DEFAULT_PARAMS, 1.1)
+    assert warped.shape == plain.shape and np.abs(warped - plain).max() > 0.1
+    with pytest.raises(ValueError, match="positive"):
+        vtlp_frequencies(np.array([1.0]), 0.0, 4000.0)

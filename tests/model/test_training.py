@@ -117,22 +117,54 @@ def test_class_weights_balance_the_classes():
     assert 0.9 * w_neg + 0.1 * w_pos == pytest.approx(1.0)
 
 
-def test_speed_perturbation_changes_duration():
+def _tone_recordings(seconds: float = 0.5):
     from digitmatch.data.fsdd import Recordings
-    from digitmatch.model.training import speed_perturbed
 
-    t = np.arange(8000 * 0.5) / 8000
+    t = np.arange(8000 * seconds) / 8000
     tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
-    recs = Recordings(
+    return tone, Recordings(
         digits=np.array([1]), speakers=np.array(["x"]), indices=np.array([0]), audio=[tone],
         sample_rates=np.array([8000]), names=["1_x_0.wav"],
     )
+
+
+def test_speed_perturbation_changes_duration():
+    from digitmatch.model.training import perturbed_copies
+
+    tone, recs = _tone_recordings()
     params = FeatureParams()
-    mfcc, lengths = speed_perturbed(recs, (0.8, 1.0, 1.25), params)
+    mfcc, lengths = perturbed_copies(recs, params, speed_factors=(0.8, 1.0, 1.25))
     assert mfcc.shape == (3, 1, params.max_frames, 13)
     assert lengths[1, 0] == params.num_frames(tone.size)
     assert lengths[0, 0] > lengths[1, 0] > lengths[2, 0]  # slower = longer
     assert abs(lengths[2, 0] - params.num_frames(int(tone.size / 1.25))) <= 1
+
+
+def test_vtlp_copies_keep_the_duration_and_come_after_the_speed_copies():
+    from digitmatch.features import mfcc as features
+    from digitmatch.model.training import perturbed_copies
+
+    tone, recs = _tone_recordings()
+    params = FeatureParams()
+    mfcc, lengths = perturbed_copies(recs, params, speed_factors=(0.8,), vtlp_factors=(0.9, 1.0, 1.1))
+    assert mfcc.shape == (4, 1, params.max_frames, 13)
+    frames = params.num_frames(tone.size)
+    assert lengths[0, 0] > frames and list(lengths[1:, 0]) == [frames] * 3  # VTLP keeps the duration
+    original = features(tone, 8000, params)
+    assert np.array_equal(mfcc[2, 0, :frames], original)  # warp 1: the features themselves
+    for copy in (1, 3):
+        assert np.abs(mfcc[copy, 0, :frames] - original).max() > 1e-2  # (a steady tone: CMVN leaves little)
+
+
+def test_vtlp_factors_flag_parses_and_rejects():
+    import argparse
+
+    from digitmatch.model.training import vtlp_factors_type
+
+    assert vtlp_factors_type("0.9, 1.1") == (0.9, 1.1) and vtlp_factors_type("") == ()
+    for bad in ("0.5", "1.3", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            vtlp_factors_type(bad)
 
 
 @pytest.fixture(scope="module")
