@@ -48,6 +48,10 @@ SOFT_PAUSE_S = 5.0
 # librdkafka's bound on prefetched records (queued.max.messages.kbytes; its default is 64 MiB):
 # while the matcher is paused, this is what waits in memory besides its own queues.
 PREFETCH_KIB = 16 * 1024
+# How long librdkafka waits before fetching again for a partition whose prefetched records reached
+# PREFETCH_KIB (its default, 1,000 ms, starved a matcher that reads slower than the broker serves:
+# the queue ran dry long before the next fetch; docs/benchmarks.md, "The prefetch queue").
+FETCH_QUEUE_BACKOFF_MS = 10
 HOLD_CHUNK = 1000  # records taken per call when emptying librdkafka's queue before its pause
 # Consumer errors about the data at one offset, which every fetch of it repeats.
 UNREADABLE_ERRORS = frozenset({confluent_kafka.KafkaError._BAD_COMPRESSION, confluent_kafka.KafkaError._BAD_MSG})
@@ -153,6 +157,7 @@ class LibrdkafkaConsumer:
             "fetch.wait.max.ms": fetch_max_wait_ms,
             "enable.partition.eof": False,
             "queued.max.messages.kbytes": PREFETCH_KIB,
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             # How soon a subscribed topic that appears (created after the matcher joined, a new
             # cluster behind the same address) or gains partitions is noticed, and assigned:
             # librdkafka's default is 5 minutes. One metadata request per interval.
