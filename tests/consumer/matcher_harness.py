@@ -95,15 +95,16 @@ class Sender:
         self.topic = topic
         self.producer = KafkaProducer(**conn.producer_kwargs(linger_ms=2))
 
-    def send(self, record, *, flush: bool = False) -> None:
+    def send(self, record, *, flush: bool = False, timestamp_ms: int | None = None) -> None:
+        """``timestamp_ms``: the record's create time (default: now, the producer's)."""
         key, value, headers = record
-        self.producer.send(self.topic, key=key, value=value, headers=headers)
+        self.producer.send(self.topic, key=key, value=value, headers=headers, timestamp_ms=timestamp_ms)
         if flush:
             self.producer.flush()
 
-    def send_all(self, records) -> None:
+    def send_all(self, records, *, timestamp_ms: int | None = None) -> None:
         for record in records:
-            self.send(record)
+            self.send(record, timestamp_ms=timestamp_ms)
         self.producer.flush()
 
     def close(self) -> None:
