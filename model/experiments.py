@@ -55,7 +55,8 @@ def ingredient_flags(spec: str) -> list[str]:
     return flags
 
 
-def experiments(voices: Sequence[Path] = (), ingredients: Sequence[str] = ()) -> dict[str, list[str]]:
+def experiments(voices: Sequence[Path] = (), ingredients: Sequence[str] = (),
+                seeds: Sequence[int] = (0,)) -> dict[str, list[str]]:
     """name -> ``digitmatch train`` arguments, cheapest and most informative first.
 
     ``voices``: directories written by ``digitmatch voices``; ``ingredients``: names from
@@ -64,7 +65,8 @@ def experiments(voices: Sequence[Path] = (), ingredients: Sequence[str] = ()) ->
     ingredient and each voices set together: runs ``improved-<variant>-speaker-<name>`` and
     ``improved-<variant>-recording``, the variant being ``<voices dir name>``, ``<ingredient>`` or
     ``<voices dir name>-<ingredient>`` (an ingredient may be several joined by ``+``:
-    :func:`ingredient_flags`)."""
+    :func:`ingredient_flags`). ``seeds``: each seed other than 0 repeats every improved run at the
+    comparison budget with that seed, as ``<name>-seed<n>`` (seed 0's runs keep their names)."""
     variants = {voices_tag(d): ["--extra-voices", str(d)] for d in voices}
     variants |= {name: ingredient_flags(name) for name in ingredients}
     variants |= {f"{voices_tag(d)}-{name}": ["--extra-voices", str(d), *ingredient_flags(name)]
@@ -83,11 +85,24 @@ def experiments(voices: Sequence[Path] = (), ingredients: Sequence[str] = ()) ->
         runs[f"{arch}-recording"] = ["--arch", arch, "--split", "recording", "--seed", "0", *BUDGET]
     for speaker in SPEAKERS:
         runs[f"seed-speaker-{speaker}"] = ["--arch", "seed", "--split", f"speaker:{speaker}", "--seed", "0", *BUDGET]
+    comparison = [name for name in runs if name.startswith("improved-") and name != "improved-recording-full"]
+    for seed in seeds:
+        if seed != 0:
+            for name in comparison:
+                at = runs[name].index("--seed")
+                runs[f"{name}-seed{seed}"] = [*runs[name][:at + 1], str(seed), *runs[name][at + 2:]]
     return runs
 
 
-# The improved network's runs of a variant (voices, ingredients): improved-<variant>-speaker-<name> / -recording.
-VARIANT_RUN = re.compile(r"improved-([A-Za-z0-9_+-]+?)-(?:speaker-[a-z]+|recording)")
+# The improved network's runs of a variant (voices, ingredients): improved-<variant>-speaker-<name> / -recording,
+# and -seed<n> after either for a seed other than 0.
+VARIANT_RUN = re.compile(r"improved-([A-Za-z0-9_+-]+?)-(?:speaker-[a-z]+|recording)(?:-seed\d+)?")
+SEEDED_RUN = re.compile(r"(.+)-seed(\d+)")
+
+
+def seeds_of(results: dict[str, dict]) -> list[int]:
+    """The seeds among ``results``' run names (0: the names without a ``-seed<n>`` suffix), sorted."""
+    return sorted({int(m.group(2)) if (m := SEEDED_RUN.fullmatch(name)) else 0 for name in results})
 
 
 def voices_tag(directory: Path) -> str:
@@ -142,26 +157,44 @@ def variants_of(results: dict[str, dict]) -> list[str]:
 
 def ablation_table(results: dict[str, dict]) -> str:
     """Markdown: each variant's leave-one-speaker-out figures beside the improved recipe's, and the
-    change in the mean (only variants with every fold run)."""
-    def folds(arch):
-        runs = [results.get(f"{arch}-speaker-{s}", {}).get("test", {}).get("match_0.5") for s in SPEAKERS]
-        return None if None in runs else runs
+    change in the mean. A variant's figures are over the seeds for which every fold was run (a
+    fold's figure is its mean over those seeds; the worst fold is the lowest of those means); the
+    change is against the recipe over the seeds both have. Variants without one complete seed are
+    left out."""
+    def test(name):
+        return results.get(name, {}).get("test", {}).get("match_0.5")
 
-    base = folds("improved")
-    lines = ["| improved recipe, same budget | LOSO mean balanced accuracy | change | worst fold | "
-             "mean spoken-digit accuracy | recording split, 50/50 |", "|---|---|---|---|---|---|"]
+    def run(name, seed):
+        return name if seed == 0 else f"{name}-seed{seed}"
+
+    def complete(arch):
+        """{seed: the five folds' results} for the seeds with every fold run."""
+        found = {seed: [test(run(f"{arch}-speaker-{s}", seed)) for s in SPEAKERS] for seed in seeds_of(results)}
+        return {seed: folds for seed, folds in found.items() if None not in folds}
+
+    def loso_mean(by_seed):
+        return sum(r["balanced_accuracy"] for folds in by_seed.values() for r in folds) / (len(by_seed) * len(SPEAKERS))
+
+    base = complete("improved")
+    lines = ["| improved recipe, same budget | seeds | LOSO mean balanced accuracy | change | worst fold | "
+             "mean spoken-digit accuracy | recording split, 50/50 |", "|---|---|---|---|---|---|---|"]
     for variant in ["", *variants_of(results)]:
         arch = f"improved-{variant}" if variant else "improved"
-        runs = folds(arch)
-        if runs is None:
+        by_seed = complete(arch)
+        if not by_seed:
             continue
-        mean = sum(r["balanced_accuracy"] for r in runs) / len(runs)
-        change = f"{mean - sum(r['balanced_accuracy'] for r in base) / len(base):+.4f}" if base and variant else "-"
-        recording = results.get(f"{arch}-recording", {}).get("test", {}).get("match_0.5")
-        spoken = sum(r.get("spoken_digit_accuracy", float("nan")) for r in runs) / len(runs)
+        shared = {seed: base[seed] for seed in by_seed if seed in base}
+        mean = loso_mean(by_seed)
+        change = "-" if not variant else (
+            f"{loso_mean({seed: by_seed[seed] for seed in shared}) - loso_mean(shared):+.4f}" if shared else "n/a")
+        per_fold = [sum(folds[i]["balanced_accuracy"] for folds in by_seed.values()) / len(by_seed)
+                    for i in range(len(SPEAKERS))]
+        spoken = sum(r.get("spoken_digit_accuracy", float("nan")) for folds in by_seed.values() for r in folds) / (
+            len(by_seed) * len(SPEAKERS))
+        recordings = [r for seed in by_seed if (r := test(run(f"{arch}-recording", seed))) is not None]
         label = f"+ {variant_label(variant)}" if variant else "the shipped recipe, unchanged"
-        cells = [f"{mean:.4f}", change, f"{min(r['balanced_accuracy'] for r in runs):.4f}", f"{spoken:.3f}",
-                 f"{recording['balanced_accuracy']:.4f}" if recording else "n/a"]
+        cells = [", ".join(map(str, by_seed)), f"{mean:.4f}", change, f"{min(per_fold):.4f}", f"{spoken:.3f}",
+                 f"{sum(r['balanced_accuracy'] for r in recordings) / len(recordings):.4f}" if recordings else "n/a"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -240,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"changes to the improved recipe ({', '.join(INGREDIENTS)}; several at once joined by "
                              "'+'): adds the improved network's runs with each (improved-<ingredient>-*), and with "
                              "each voices set too")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0],
+                        help="seeds of the improved network's comparison runs (default: 0); each seed but 0 adds "
+                             "every such run again as <name>-seed<n>, and the ablation table averages over the seeds")
     parser.add_argument("--only", nargs="*", default=None, help="run only these experiment names")
     parser.add_argument("--table-only", action="store_true", help="summarise finished runs, train nothing")
     parser.add_argument("--extra-voices", type=Path, nargs="*", default=[],
@@ -251,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary.is_file():
         results = json.loads(args.summary.read_text()).get("runs", {})
     try:
-        runs = experiments(args.extra_voices, args.ingredients)
+        runs = experiments(args.extra_voices, args.ingredients, args.seeds)
     except ValueError as exc:
         parser.error(str(exc))
     for name, train_args in runs.items():
