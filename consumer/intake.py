@@ -12,7 +12,9 @@ partition check's in consumer/routing.py):
 * A poll's records of a partition are decoded together (:func:`digitmatch.wire.decode_halves`:
   the same answers as one by one) and checked for their partition together
   (:meth:`Intake.handle_batch`), then handled one by one in offset order; a valid half in another
-  partition than its key hashes to is dead-lettered ``misrouted`` instead of joined.
+  partition than its key hashes to is dead-lettered ``misrouted`` instead of joined. A record the
+  client could not read whole (no headers: a header name that is not UTF-8, or a batch it could not
+  inflate) is dead-lettered as such, whatever its value holds.
 * A record read back that was finished before (below the commit point, or listed as finished by
   the commit's metadata: consumer/checkpointing.py) decides nothing and is not checked
   (:meth:`Intake.remember`): its valid half only restores the join's memory of decided pairs.
@@ -86,7 +88,8 @@ class Intake:
         """A poll's records of ``tp``: decoded and their partition checked at once, then each
         handled, in order. ``read_back`` (the checkpoint's) picks the records to handle and hands
         those finished before to :meth:`remember` (default: all are handled)."""
-        decoded = dict(zip([record.offset for record in polled], decode_halves(polled)))
+        decoded = {record.offset: half if record.headers is not None else _unreadable(record)
+                   for record, half in zip(polled, decode_halves(polled))}
         misrouted = self.routing.misrouted(tp, polled)
         handled = polled if read_back is None else read_back(
             tp, polled, lambda record, rejoin: self.remember(tp, record, decoded[record.offset], now, now_ms, rejoin))
@@ -95,13 +98,11 @@ class Intake:
 
     def handle(self, tp: Partition, record: Record, half: DecodedHalf | InvalidMessage, now: float, now_ms: int,
                misrouted: str | None = None) -> None:
-        """Join and batch the record's decoded ``half``; dead-letter what is bad (docs/wire-format.md),
-        and a valid half ``misrouted`` (the detail) to another partition than its key's."""
+        """Join and batch the record's decoded ``half``; dead-letter what is bad (docs/wire-format.md:
+        an :class:`InvalidMessage`, as :meth:`handle_batch` decodes it), and a valid half
+        ``misrouted`` (the detail) to another partition than its key's."""
         self.checkpoint.track(tp, record.offset)
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
-        if record.headers is None:
-            half = InvalidMessage(*((Reason.UNREADABLE, record.unreadable) if record.unreadable
-                                    else (Reason.BAD_HEADER, UNREADABLE_HEADERS)))
         if isinstance(half, InvalidMessage):
             self.consumed["invalid"] += 1
             self.dead_letter(tp, record, half.reason, half.detail)
@@ -137,7 +138,7 @@ class Intake:
         the join's memory of decided pairs (it was decided, or dead-lettered, before; ``rejoin``:
         :meth:`JoinTable.restore`)."""
         stream_ms = self.clock.observe(tp, record.timestamp, now_ms)
-        if record.headers is None or isinstance(half, InvalidMessage):
+        if isinstance(half, InvalidMessage):
             return
         self.join.restore(HalfRecord(tp, record.offset, half.pair_id, half.half, half.array, digest(record.value),
                                      now, now_ms, half.digit, half.produced_ms, stream_ms, half.sample_rate), rejoin)
@@ -156,3 +157,11 @@ class Intake:
             return  # no longer ours: its next owner reads the half again and decides it
         verdict = verdicts.unpaired_verdict(half, self.models.current)
         self.outbox.send(verdicts.unpaired(self.config.output_topic, half, verdict, self.mirror))
+
+
+def _unreadable(record: Record) -> InvalidMessage:
+    """Why a record the client could not read whole is dead-lettered: the client's reason when it
+    could not read the record at all, else its headers (a header name that is not valid UTF-8)."""
+    if record.unreadable:
+        return InvalidMessage(Reason.UNREADABLE, record.unreadable)
+    return InvalidMessage(Reason.BAD_HEADER, UNREADABLE_HEADERS)

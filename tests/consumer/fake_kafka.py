@@ -40,7 +40,8 @@ class FakeKafka:
         self.transactions = itertools.count(1)
 
     def append(self, topic: str, key: bytes | None, value: bytes | None, headers, partition: int | None = None,
-               timestamp: int | None = None, transaction: int | None = None) -> Partition:
+               timestamp: int | None = None, transaction: int | None = None,
+               unreadable: str | None = None) -> Partition:
         count = sum(1 for tp in self.logs if tp.topic == topic)
         tp = Partition(topic, partition if partition is not None else (murmur2(key or b"") & 0x7FFFFFFF) % count)
         with self.lock:
@@ -48,7 +49,7 @@ class FakeKafka:
             stamp = int(time.time() * 1000) if timestamp is None else timestamp
             if transaction is not None:
                 self.transaction_of[(tp, len(log))] = transaction
-            log.append(Record(len(log), key, value, None if headers is None else list(headers), stamp))
+            log.append(Record(len(log), key, value, None if headers is None else list(headers), stamp, unreadable))
         return tp
 
     def commit_offsets(self, offsets) -> None:

@@ -183,10 +183,14 @@ def test_bad_records_are_dead_lettered_and_finished(tiny_model_dir):
     with Running(tiny_model_dir) as run:
         run.send((b"bad id!", b"x", [("dm-half", b"spoken")]), partition=0)
         run.kafka.append(IN, b"k", b"v", None, 0)  # headers the client could not read
-        assert until(lambda: len(run.kafka.records(DLQ)) == 2)
-        assert until(lambda: run.kafka.committed.get(Partition(IN, 0)) == 2)
+        # a record the client could not read at all (a batch it cannot inflate), whatever its value
+        run.kafka.append(IN, None, None, None, 0, unreadable="compressed batch could not be inflated")
+        assert until(lambda: len(run.kafka.records(DLQ)) == 3)
+        assert until(lambda: run.kafka.committed.get(Partition(IN, 0)) == 3)
     reasons = [dict(r.headers)[wire.H_DLQ_REASON] for r in run.kafka.records(DLQ)]
-    assert reasons == [b"bad_pair_id", b"bad_header"]
+    assert reasons == [b"bad_pair_id", b"bad_header", wire.Reason.UNREADABLE.value.encode()]
+    details = [dict(r.headers)[wire.H_DLQ_DETAIL] for r in run.kafka.records(DLQ)]
+    assert details[2] == b"compressed batch could not be inflated"
 
 
 def test_a_pcm16_pair_gets_the_verdict_of_its_recording_sent_as_mfcc(serving_model):
