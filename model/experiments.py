@@ -41,6 +41,7 @@ INGREDIENTS = {
     "affine-images": ["--image-augment", "affine"],
     "no-speed": ["--speed-factors", ""],
     "vtlp": ["--vtlp-factors", "0.9,0.95,1.05,1.1"],
+    "masks-2": ["--mfcc-masks", "2"],
 }
 
 

@@ -56,6 +56,7 @@ class Recipe:
     vtlp_factors: tuple[float, ...] = ()  # vocal-tract-length perturbation (formants x factor)
     audio_branch: str = "lstm"  # the improved network's audio branch (model/architecture.py)
     image_augment: str = "shift"  # "shift": shifts of <= 2 px; "affine": + rotation, scale and shear
+    mfcc_masks: int = 1  # coefficient bands and frame spans masked per training recording (augment_mfcc)
 
 
 RECIPES = {
@@ -91,6 +92,7 @@ vtlp_factors_type = factors_type("VTLP", 0.8, 1.25)
 
 
 IMAGE_AUGMENTS = ("shift", "affine")
+MAX_MFCC_MASKS = 4
 # model/architecture.py's AUDIO_BRANCHES (not imported: it would import Keras to parse the flags).
 AUDIO_BRANCHES = ("lstm", "conv-bilstm")
 
@@ -124,6 +126,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--vtlp-factors", default=None, type=vtlp_factors_type, allow_empty=True,
                help="vocal-tract-length perturbation of training audio: a copy of each recording per factor, "
                     "formants moved by it (digitmatch.features), e.g. 0.9,1.1 ('' = none; default: the recipe's, none)")
+    add_option(parser, "--mfcc-masks", default=None, type=int, ge=1, le=MAX_MFCC_MASKS,
+               help="SpecAugment strength: how many bands of <= 2 coefficients and how many spans of <= 8 frames "
+                    "each training recording has masked (default: the recipe's, 1)")
     add_option(parser, "--steps", default=None, type=int, ge=1, help="cap on steps per epoch (smoke tests)")
     add_option(parser, "--test-pairs", default=TEST_PAIRS, type=int, ge=1, help="held-out pairs for the final metrics")
     add_switch(parser, "--plots", help="write PNG plots (default on)")
@@ -185,22 +190,26 @@ def draw_pairs(pool: Pool, n: int, match_ratio: float, seed: int):
     return make_pairs(pool.digits, pool.image_digits, n, match_ratio, seed)
 
 
-def augment_mfcc(batch: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """SpecAugment-style: drop up to 3 leading frames, zero one band of <= 2 coefficients and one
-    span of <= 8 frames (zero frames are skipped by the Masking layer, i.e. the span is cut out)."""
+def augment_mfcc(batch: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, masks: int = 1) -> np.ndarray:
+    """SpecAugment-style: drop up to 3 leading frames, zero ``masks`` bands of <= 2 coefficients and
+    ``masks`` spans of <= 8 frames (zero frames are skipped by the Masking layer, i.e. a span is cut
+    out; spans may overlap). One of each is the improved recipe's, and makes the random draws it
+    always made, so a seed trains as it did before the option existed."""
     out = np.zeros_like(batch)
     for row in range(batch.shape[0]):
         n = int(lengths[row])
         shift = int(rng.integers(0, min(3, n - 1) + 1)) if n > 1 else 0
         x = batch[row, shift:n].copy()
-        width = int(rng.integers(0, 3))
-        if width:
-            start = int(rng.integers(0, x.shape[1] - width + 1))
-            x[:, start : start + width] = 0.0
-        span = int(rng.integers(0, min(8, len(x) // 4) + 1))
-        if span:
-            start = int(rng.integers(0, len(x) - span + 1))
-            x[start : start + span] = 0.0
+        for _ in range(masks):
+            width = int(rng.integers(0, 3))
+            if width:
+                start = int(rng.integers(0, x.shape[1] - width + 1))
+                x[:, start : start + width] = 0.0
+        for _ in range(masks):
+            span = int(rng.integers(0, min(8, len(x) // 4) + 1))
+            if span:
+                start = int(rng.integers(0, len(x) - span + 1))
+                x[start : start + span] = 0.0
         out[row, : len(x)] = x
     return out
 
@@ -272,7 +281,7 @@ def make_batches(pool: Pool, pairs, recipe: Recipe, batch_size: int, match_ratio
             lengths = lengths.copy()
             lengths[rows] = pool.copies_lengths[variant[rows] - 1, a[rows]]
         if rng is not None:
-            mfcc = augment_mfcc(mfcc, lengths, rng)
+            mfcc = augment_mfcc(mfcc, lengths, rng, recipe.mfcc_masks)
             images = (augment_images_affine if recipe.image_augment == "affine" else augment_images)(images, rng)
         if recipe.fixed_frames and mfcc.shape[1] < recipe.fixed_frames:
             mfcc = np.pad(mfcc, ((0, 0), (0, recipe.fixed_frames - mfcc.shape[1]), (0, 0)))
@@ -432,7 +441,7 @@ def train(args) -> Path:
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
     overrides = {field: getattr(args, field)
-                 for field in ("speed_factors", "vtlp_factors", "audio_branch", "image_augment")}
+                 for field in ("speed_factors", "vtlp_factors", "audio_branch", "image_augment", "mfcc_masks")}
     recipe = dataclasses.replace(RECIPES[args.arch], **{k: v for k, v in overrides.items() if v is not None})
     params = DEFAULT_PARAMS
     data_dir = resolve_data_dir(args.data)
