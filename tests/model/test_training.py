@@ -93,12 +93,11 @@ def test_augmentation_keeps_shapes_and_padding():
     assert shifted.shape == image.shape and shifted.sum() == image.sum()
 
 
-def test_more_mfcc_masks_mask_more_and_one_mask_is_the_recipe_unchanged():
+def test_more_mfcc_masks_mask_more_within_each_recording():
     rng = np.random.default_rng(0)
     frames = [rng.normal(size=(n, 13)).astype(np.float32) + 5 for n in rng.integers(40, 94, size=200)]
     pool = make_pool(frames, [1] * len(frames), np.zeros((1, 28, 28), np.uint8), [0], 93)
     one = augment_mfcc(pool.mfcc, pool.lengths, np.random.default_rng(7))
-    assert np.array_equal(one, augment_mfcc(pool.mfcc, pool.lengths, np.random.default_rng(7), masks=1))
     three = augment_mfcc(pool.mfcc, pool.lengths, np.random.default_rng(7), masks=3)
     inside = np.arange(pool.mfcc.shape[1])[None, :] < pool.lengths[:, None] - 3  # kept whatever the shift
     zeros_one, zeros_three = (one == 0)[inside].mean(), (three == 0)[inside].mean()
