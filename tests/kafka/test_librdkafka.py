@@ -286,11 +286,14 @@ def test_a_transaction_commits_records_and_offsets_with_metadata_together(broker
 
 @pytest.mark.kafka_only
 def test_a_second_producer_of_the_same_transactional_id_fences_the_first(broker):
+    # (The topic made here: without it, run alone, the commit timed out waiting for the topic
+    # instead of meeting the fence.)
+    ensure_topics(broker.connection, {"rdk-tx-fenced-out": 1})
     first = new_transactional_producer(broker.connection, "rdk-tx-fenced", transaction_timeout_ms=10_000)
     second = new_transactional_producer(broker.connection, "rdk-tx-fenced", transaction_timeout_ms=10_000)
     try:
         first.begin()
-        first.produce(OutgoingRecord("rdk-tx-out", b"k", b"zombie", []), lambda error, offset: None)
+        first.produce(OutgoingRecord("rdk-tx-fenced-out", b"k", b"zombie", []), lambda error, offset: None)
         with pytest.raises(ClientError) as raised:
             first.commit(10)
         assert raised.value.fatal
