@@ -42,7 +42,15 @@ INGREDIENTS = {
     "no-speed": ["--speed-factors", ""],
     "vtlp": ["--vtlp-factors", "0.9,0.95,1.05,1.1"],
     "masks-2": ["--mfcc-masks", "2"],
+    # a quarter of the training pairs from the synthetic voices, whatever their number: with a
+    # voices set only
+    "share-25": ["--extra-voices-share", "0.25"],
 }
+
+
+def needs_voices(spec: str) -> bool:
+    """Whether ``spec`` changes how the synthetic voices are used: run with a voices set only."""
+    return "--extra-voices-share" in ingredient_flags(spec)
 
 
 def ingredient_flags(spec: str) -> list[str]:
@@ -66,10 +74,10 @@ def experiments(voices: Sequence[Path] = (), ingredients: Sequence[str] = (),
     ingredient and each voices set together: runs ``improved-<variant>-speaker-<name>`` and
     ``improved-<variant>-recording``, the variant being ``<voices dir name>``, ``<ingredient>`` or
     ``<voices dir name>-<ingredient>`` (an ingredient may be several joined by ``+``:
-    :func:`ingredient_flags`). ``seeds``: each seed other than 0 repeats every improved run at the
+    :func:`ingredient_flags`; one about the voices, :func:`needs_voices`, only with each voices set). ``seeds``: each seed other than 0 repeats every improved run at the
     comparison budget with that seed, as ``<name>-seed<n>`` (seed 0's runs keep their names)."""
     variants = {voices_tag(d): ["--extra-voices", str(d)] for d in voices}
-    variants |= {name: ingredient_flags(name) for name in ingredients}
+    variants |= {name: ingredient_flags(name) for name in ingredients if not needs_voices(name)}
     variants |= {f"{voices_tag(d)}-{name}": ["--extra-voices", str(d), *ingredient_flags(name)]
                  for d in voices for name in ingredients}
     runs = {"improved-recording-full": ["--arch", "improved", "--split", "recording", "--seed", "0"]}

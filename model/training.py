@@ -120,6 +120,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--extra-voices", default=None, type=Path,
                help="directory of training-only recordings ({digit}_{speaker}_{index}.wav, e.g. written by "
                     "`digitmatch voices`): added to the fitted pool, never to validation or test (default: none)")
+    add_option(parser, "--extra-voices-share", default=None, type=float, gt=0, lt=1,
+               help="fraction of each epoch's training pairs whose recording is one of --extra-voices' "
+                    "(default: none; they are then drawn with the real recordings, in proportion to their number)")
     add_option(parser, "--version", default=None, type=int, ge=1, help="version number (default: next free)")
     add_option(parser, "--speed-factors", default=None, type=speed_factors_type, allow_empty=True,
                help="speed-perturbation factors of training audio, e.g. 0.9,1.1 ('' = none; default: the recipe's)")
@@ -151,6 +154,7 @@ class Pool:
     image_digits: np.ndarray  # int64 (M,)
     copies_mfcc: np.ndarray | None = None  # float32 (K, N, T, 13): perturbed copies (perturbed_copies)
     copies_lengths: np.ndarray | None = None  # int64 (K, N)
+    synthetic: np.ndarray | None = None  # bool (N,): the training-only extra voices' rows (--extra-voices)
 
 
 def make_pool(frames: list[np.ndarray], digits, images, image_digits, max_frames: int) -> Pool:
@@ -184,10 +188,24 @@ def perturbed_copies(recs, params: FeatureParams, speed_factors: tuple[float, ..
     return np.stack(stacks), np.asarray(lengths, dtype=np.int64)
 
 
-def draw_pairs(pool: Pool, n: int, match_ratio: float, seed: int):
-    from digitmatch.data.pairs import make_pairs
+def draw_pairs(pool: Pool, n: int, match_ratio: float, seed: int, synthetic_share: float | None = None):
+    """``n`` pairs of the pool's recordings and images (:func:`digitmatch.data.pairs.make_pairs`).
 
-    return make_pairs(pool.digits, pool.image_digits, n, match_ratio, seed)
+    ``synthetic_share``: that fraction of the pairs (rounded) takes its recording among the pool's
+    ``synthetic`` rows, the rest among the others, each part drawn as ``make_pairs`` draws (at the
+    match ratio, recordings used evenly), then shuffled together; None: all rows alike."""
+    from digitmatch.data.pairs import Pairs, make_pairs
+
+    if synthetic_share is None or pool.synthetic is None or not pool.synthetic.any():
+        return make_pairs(pool.digits, pool.image_digits, n, match_ratio, seed)
+    n_synthetic = int(round(n * synthetic_share))
+    parts = [(rows, make_pairs(pool.digits[rows], pool.image_digits, count, match_ratio, seed + part))
+             for part, (rows, count) in enumerate([(np.flatnonzero(~pool.synthetic), n - n_synthetic),
+                                                   (np.flatnonzero(pool.synthetic), n_synthetic)]) if count]
+    order = np.random.default_rng(seed).permutation(n)
+    return Pairs(audio=np.concatenate([rows[p.audio] for rows, p in parts])[order],
+                 image=np.concatenate([p.image for _, p in parts])[order],
+                 label=np.concatenate([p.label for _, p in parts])[order])
 
 
 def augment_mfcc(batch: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, masks: int = 1) -> np.ndarray:
@@ -311,7 +329,7 @@ def pair_dataset(pool: Pool, recipe: Recipe, args, with_heads: bool, seed: int):
 
         def _draw(self):
             pair_seed = seed * 1000 + (self.epoch if recipe.fresh_pairs else 0)
-            self.pairs = draw_pairs(pool, args.pairs_per_epoch, args.match_ratio, pair_seed)
+            self.pairs = draw_pairs(pool, args.pairs_per_epoch, args.match_ratio, pair_seed, args.extra_voices_share)
 
         def __len__(self):
             steps = -(-len(self.pairs.label) // args.batch_size)
@@ -452,8 +470,10 @@ def train(args) -> Path:
     log.info("data %s: %d train-pool / %d test recordings, %d train / %d test images",
              data_dir, len(train_idx), len(test_idx), len(train_images), len(test_images))
     if extra_voices is not None:
-        log.info("extra voices %s: %d speakers, %d training-only recordings",
-                 extra_voices["dir"], extra_voices["speakers"], extra_voices["recordings"])
+        extra_voices["share"] = args.extra_voices_share
+        log.info("extra voices %s: %d speakers, %d training-only recordings (share of the pairs: %s)",
+                 extra_voices["dir"], extra_voices["speakers"], extra_voices["recordings"],
+                 "in proportion" if args.extra_voices_share is None else args.extra_voices_share)
     fit_rec, val_rec = fit_and_validation(train_idx, extra_idx, args.seed)
     img_fit, img_val = validation_split(len(train_images), VALIDATION_FRACTION, args.seed)
 
@@ -462,6 +482,7 @@ def train(args) -> Path:
                          images.images, images.labels, params.max_frames)
 
     fit_pool = pool_of(fit_rec, train_images.subset(img_fit))
+    fit_pool.synthetic = np.isin(fit_rec, extra_idx)
     if recipe.speed_factors or recipe.vtlp_factors:
         fit_pool.copies_mfcc, fit_pool.copies_lengths = perturbed_copies(
             recs.subset(fit_rec), params, recipe.speed_factors, recipe.vtlp_factors)
@@ -573,6 +594,8 @@ def run(args) -> int:
                    or path_problem("--extra-voices", args.extra_voices, "dir"))
         if problem:
             raise ValueError(problem)
+        if args.extra_voices_share is not None and args.extra_voices is None:
+            raise ValueError("--extra-voices-share needs --extra-voices")
         version_dir = train(args)
     except (DataError, ValueError, OSError) as exc:
         print(f"digitmatch train: error: {exc}", file=__import__("sys").stderr)

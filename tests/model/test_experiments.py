@@ -68,6 +68,15 @@ def test_ingredients_add_runs_alone_together_and_with_each_voices_set():
     assert variant_label("voices-90") == "synthetic voices-90"
 
 
+def test_an_ingredient_about_the_voices_runs_with_each_voices_set_only():
+    runs = experiments([Path("runs/voices")], ["share-25", "conv-bilstm+share-25"])
+    assert not any(name.startswith(("improved-share-25-", "improved-conv-bilstm+share-25-")) for name in runs)
+    assert runs["improved-voices-share-25-speaker-theo"] == [
+        *experiments()["improved-speaker-theo"], "--extra-voices", "runs/voices", "--extra-voices-share", "0.25"]
+    assert "improved-voices-conv-bilstm+share-25-recording" in runs
+    assert variant_label("voices-share-25") == "synthetic voices + share-25"
+
+
 def test_an_unknown_ingredient_is_refused():
     import pytest
 

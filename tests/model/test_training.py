@@ -241,9 +241,57 @@ def test_extra_voices_never_reuse_a_real_speaker_and_are_not_a_test_speaker(full
     assert summary["manifest"] is None  # written recording by recording here, without voices.json
 
 
+def test_training_with_extra_voices_a_share_and_more_masks_records_them(full_data, synthetic_voices, tmp_path):
+    """A few steps of ``digitmatch train`` with ``--extra-voices``, ``--extra-voices-share`` and
+    ``--mfcc-masks``: the model's metadata says what it was trained with."""
+    from digitmatch.cli import main
+
+    from .conftest import smoke_train_args
+
+    out, extra = synthetic_voices
+    root = tmp_path / "digitmatch"
+    args = smoke_train_args(full_data, root) + ["--extra-voices", str(out), "--extra-voices-share", "0.2",
+                                                "--mfcc-masks", "2", "--no-plots"]
+    assert main(args) == 0
+    training = json.loads((root / "1" / "metadata.json").read_text())["training"]
+    assert training["extra_voices"]["share"] == 0.2 and training["extra_voices"]["recordings"] == len(extra)
+    assert training["recipe"]["mfcc_masks"] == 2
+
+
 def test_missing_extra_voices_is_a_one_line_error(tmp_path, capsys):
     from digitmatch.cli import main
 
     assert main(["train", "--out", str(tmp_path / "m"), "--extra-voices", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("digitmatch train: error: --extra-voices:") and "does not exist" in err
+
+
+def test_a_synthetic_share_draws_that_fraction_of_the_pairs_from_the_extra_voices():
+    from digitmatch.model.training import draw_pairs
+
+    rng = np.random.default_rng(0)
+    frames = [rng.normal(size=(30, 13)).astype(np.float32) for _ in range(300)]
+    digits = np.arange(300) % 10
+    pool = make_pool(frames, digits, np.zeros((50, 28, 28), np.uint8), np.arange(50) % 10, 93)
+    pool.synthetic = np.arange(300) >= 100  # 100 real rows, 200 synthetic (as extra voices are appended)
+    proportional = draw_pairs(pool, 3000, 0.1, 5)
+    assert abs(pool.synthetic[proportional.audio].mean() - 2 / 3) < 0.01
+    pairs = draw_pairs(pool, 3000, 0.1, 5, synthetic_share=0.25)
+    assert len(pairs) == 3000 and pool.synthetic[pairs.audio].sum() == 750
+    assert pairs.label.sum() == 300  # 10 % of each part
+    assert np.array_equal(pool.digits[pairs.audio] == pool.image_digits[pairs.image], pairs.label == 1)
+    real_used = np.bincount(pairs.audio[~pool.synthetic[pairs.audio]], minlength=300)[:100]
+    assert real_used.min() >= 22 and real_used.max() <= 23  # 2,250 pairs over 100 real recordings, evenly
+    assert not np.array_equal(pairs.audio, np.sort(pairs.audio))  # the two parts are shuffled together
+    again = draw_pairs(pool, 3000, 0.1, 5, synthetic_share=0.25)
+    assert np.array_equal(pairs.audio, again.audio) and np.array_equal(pairs.image, again.image)
+    pool.synthetic = None  # no extra voices: the share changes nothing
+    assert np.array_equal(draw_pairs(pool, 3000, 0.1, 5, 0.25).audio, draw_pairs(pool, 3000, 0.1, 5).audio)
+
+
+def test_a_synthetic_share_without_extra_voices_is_a_one_line_error(tmp_path, capsys):
+    from digitmatch.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "m"), "--extra-voices-share", "0.3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "digitmatch train: error: --extra-voices-share needs --extra-voices"
