@@ -167,8 +167,9 @@ def variants_of(results: dict[str, dict]) -> list[str]:
 def ablation_table(results: dict[str, dict]) -> str:
     """Markdown: each variant's leave-one-speaker-out figures beside the improved recipe's, and the
     change in the mean. A variant's figures are over the seeds for which every fold was run (a
-    fold's figure is its mean over those seeds; the worst fold is the lowest of those means); the
-    change is against the recipe over the seeds both have. Variants without one complete seed are
+    fold's figure is its mean over those seeds; the worst fold is the lowest of those means), with
+    the mean of each seed beside them (how far seeds alone move it); the change is against the
+    recipe over the seeds both have. Variants without one complete seed are
     left out."""
     def test(name):
         return results.get(name, {}).get("test", {}).get("match_0.5")
@@ -185,8 +186,8 @@ def ablation_table(results: dict[str, dict]) -> str:
         return sum(r["balanced_accuracy"] for folds in by_seed.values() for r in folds) / (len(by_seed) * len(SPEAKERS))
 
     base = complete("improved")
-    lines = ["| improved recipe, same budget | seeds | LOSO mean balanced accuracy | change | worst fold | "
-             "mean spoken-digit accuracy | recording split, 50/50 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| improved recipe, same budget | seeds | LOSO mean balanced accuracy | per seed | change | worst fold | "
+             "mean spoken-digit accuracy | recording split, 50/50 |", "|---|---|---|---|---|---|---|---|"]
     for variant in ["", *variants_of(results)]:
         arch = f"improved-{variant}" if variant else "improved"
         by_seed = complete(arch)
@@ -202,7 +203,8 @@ def ablation_table(results: dict[str, dict]) -> str:
             len(by_seed) * len(SPEAKERS))
         recordings = [r for seed in by_seed if (r := test(run(f"{arch}-recording", seed))) is not None]
         label = f"+ {variant_label(variant)}" if variant else "the shipped recipe, unchanged"
-        cells = [", ".join(map(str, by_seed)), f"{mean:.4f}", change, f"{min(per_fold):.4f}", f"{spoken:.3f}",
+        each = ", ".join(f"{loso_mean({seed: folds}):.4f}" for seed, folds in by_seed.items())
+        cells = [", ".join(map(str, by_seed)), f"{mean:.4f}", each, change, f"{min(per_fold):.4f}", f"{spoken:.3f}",
                  f"{sum(r['balanced_accuracy'] for r in recordings) / len(recordings):.4f}" if recordings else "n/a"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
