@@ -301,6 +301,7 @@ class KafkaCluster:
                 self._spawn(node)
             self._wait_ready()
             ensure_topics(self.connection, self.topics, replication=self.replication)
+            self._wait_topics_everywhere()
         except BaseException:
             self.stop()
             raise
@@ -335,6 +336,7 @@ class KafkaCluster:
         self._wait_ready()
         if not keep_log:
             ensure_topics(self.connection, self.topics, replication=self.replication)
+        self._wait_topics_everywhere()
         return self
 
     def kill_node(self, node_id: int) -> None:
@@ -467,6 +469,41 @@ class KafkaCluster:
                                    f"{self.startup_timeout_s:g} s")
             time.sleep(0.1)
 
+    def _wait_topics_everywhere(self) -> None:
+        """Until every node has answered a metadata request with every topic, each partition
+        led and on all its replicas. (A topic is created on the controller; the other nodes learn
+        of it from the metadata log a few hundred milliseconds later, and until then answer
+        without it. A client cannot choose the node that answers, so each round asks a new client
+        per node and counts the node that did answer.)"""
+        deadline = time.monotonic() + self.startup_timeout_s
+        confirmed: set[int] = set()
+        while True:
+            for node in self.nodes:
+                admin = self._admin(f"{self.advertised_host}:{node.port}")
+                try:
+                    metadata = admin.list_topics(timeout=2)
+                except confluent_kafka.KafkaException:
+                    continue
+                if self._lists_every_topic(metadata):
+                    confirmed.add(metadata.orig_broker_id)
+            if confirmed >= {n.node_id for n in self.nodes}:
+                return
+            self._check_alive()
+            if time.monotonic() > deadline:
+                missing = sorted({n.node_id for n in self.nodes} - confirmed)
+                raise KafkaSetupError(f"Apache Kafka nodes {missing} did not list the topics "
+                                      f"{sorted(self.topics)} within {self.startup_timeout_s:g} s")
+            time.sleep(0.1)
+
+    def _lists_every_topic(self, metadata: confluent_kafka.admin.ClusterMetadata) -> bool:
+        for name, partitions in self.topics.items():
+            topic = metadata.topics.get(name)
+            if topic is None or topic.error is not None or len(topic.partitions) < partitions:
+                return False
+            if any(p.leader < 0 or len(p.replicas) < self.replication for p in topic.partitions.values()):
+                return False
+        return True
+
     def _listening(self, node: KafkaNode) -> bool:
         try:
             with socket.create_connection((self.advertised_host, node.port), timeout=1.0):
@@ -480,8 +517,8 @@ class KafkaCluster:
                 raise BrokerExited(f"Apache Kafka node {node.node_id} exited with code {node.process.returncode}"
                                    f"{_log_tail(node.log_path)}")
 
-    def _admin(self) -> confluent_kafka.admin.AdminClient:
-        return confluent_kafka.admin.AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
+    def _admin(self, bootstrap: str | None = None) -> confluent_kafka.admin.AdminClient:
+        return confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap or self.bootstrap, "log_level": 0,
                                                   "logger": logging.getLogger("digitmatch.kafka.client")})
 
 
